@@ -1,0 +1,28 @@
+"""tracer: see what really happens inside a PyTorch training loop.
+
+>>> import tracer
+>>> with tracer.trace(model, optimizer, path="traces/run1") as run:  # doctest: +SKIP
+...     ...  # the training loop, unchanged
+>>> tracer.load("traces/run1", kind="grad")  # doctest: +SKIP
+"""
+
+from tracer._errors import TraceFormatError, TracerError, TraceWriteError
+from tracer._load import load
+from tracer._schema import KINDS, SCHEMA_VERSION
+from tracer._session import ALL, DEFAULT_MAX_VALUES, Run, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALL",
+    "DEFAULT_MAX_VALUES",
+    "KINDS",
+    "SCHEMA_VERSION",
+    "Run",
+    "TraceFormatError",
+    "TraceWriteError",
+    "TracerError",
+    "__version__",
+    "load",
+    "trace",
+]

@@ -1,0 +1,307 @@
+"""The hook callbacks: they run on every forward, backward and optimizer step, so stay short.
+
+Every callback observes only: it detaches before anything else, works under
+``torch.no_grad()``, never returns a replacement value and never draws random numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import threading
+from typing import Any, Callable
+
+import torch
+
+from tracer._store import Writer
+from tracer._tensors import capture, walk
+
+_active: list["Recorder"] = []  # recorders whose block is running, any thread
+_patch_lock = threading.Lock()
+
+
+class ParamInfo:
+    """What a row needs to know about one parameter."""
+
+    __slots__ = ("name", "module_type", "selected")
+
+    def __init__(self, name: str, module_type: str, selected: bool) -> None:
+        self.name = name
+        self.module_type = module_type
+        self.selected = selected
+
+
+class Recorder:
+    """Turns hook events into rows: owns the step counter, call counters and snapshots."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        kinds: frozenset[str],
+        max_values: int | None,
+        every: int,
+        params: dict[torch.Tensor, ParamInfo],
+        lead_optimizer: torch.optim.Optimizer | None,
+    ) -> None:
+        self.writer = writer
+        self.kinds = kinds
+        self.max_values = max_values
+        self.every = every
+        self.params = params
+        self.lead_optimizer = lead_optimizer
+        self.step = 0
+        self.thread = threading.get_ident()
+        self.tensor_handles: list[Any] = []
+        self._seq = itertools.count()
+        self._calls: dict[str, int] = {}
+        self._open: dict[str, list[int | None]] = {}
+        self._backward_calls = 0
+        self._forward_seen = False
+        self._snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
+
+    # -- rows ----------------------------------------------------------------------
+    @property
+    def traced(self) -> bool:
+        return self.step % self.every == 0
+
+    def emit(
+        self,
+        kind: str,
+        name: str,
+        call: int,
+        part: str,
+        module_type: str | None,
+        tensor: torch.Tensor,
+        *,
+        step: int | None = None,
+        grad_enabled: bool | None = None,
+        optimizer: str | None = None,
+        group: int | None = None,
+        hparams: str | None = None,
+    ) -> None:
+        cap = capture(tensor, self.max_values)
+        row = (
+            self.step if step is None else step,
+            next(self._seq),
+            kind,
+            name,
+            call,
+            part,
+            module_type,
+            cap,
+            grad_enabled,
+            optimizer,
+            group,
+            hparams,
+        )
+        self.writer.put(row)
+
+    def advance(self) -> None:
+        """Close the current step."""
+        self.step += 1
+        self._calls.clear()
+        self._backward_calls = 0
+        self.tensor_handles = [h for h in self.tensor_handles if _alive(h)]
+        self.check_writer()
+
+    def check_writer(self) -> None:
+        if self.writer.error is not None:
+            from tracer._errors import TraceWriteError
+
+            raise TraceWriteError(
+                f"tracer could not write to {str(self.writer.directory)!r}: {self.writer.error}; "
+                "training itself was not changed"
+            ) from self.writer.error
+
+    # -- modules -------------------------------------------------------------------
+    def module_hooks(
+        self, name: str, module_type: str, *, selected: bool, is_root: bool
+    ) -> tuple[Callable[..., None], Callable[..., None]]:
+        """The forward pre-hook and forward hook for one module."""
+        stack: list[int | None] = self._open.setdefault(name, [])
+        want_inputs = selected and "input" in self.kinds
+        want_outputs = selected and "activation" in self.kinds
+        want_grads = selected and "activation_grad" in self.kinds
+        starts_steps = is_root and self.lead_optimizer is None
+
+        def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            if starts_steps:
+                if self._forward_seen:
+                    self.advance()
+                self._forward_seen = True
+            if not (selected and self.traced):
+                stack.append(None)
+                return
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            stack.append(call)
+            if want_inputs:
+                grad_enabled = torch.is_grad_enabled()
+                with torch.no_grad():
+                    for part, t in walk(args):
+                        self.emit("input", name, call, part, module_type, t, grad_enabled=grad_enabled)
+                    for part, t in walk(kwargs):
+                        self.emit("input", name, call, part, module_type, t, grad_enabled=grad_enabled)
+
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            call = stack.pop() if stack else None
+            if call is None:
+                return
+            grad_enabled = torch.is_grad_enabled()
+            step = self.step
+            for part, t in walk(output):
+                if want_outputs:
+                    with torch.no_grad():
+                        self.emit(
+                            "activation", name, call, part, module_type, t, grad_enabled=grad_enabled
+                        )
+                if want_grads and grad_enabled and t.requires_grad:
+                    grad_hook = self._activation_grad_hook(name, call, part, module_type, step)
+                    self.tensor_handles.append(t.register_hook(grad_hook))
+
+        return pre_hook, hook
+
+    def _activation_grad_hook(
+        self, name: str, call: int, part: str, module_type: str, step: int
+    ) -> Callable[[torch.Tensor], None]:
+        def grad_hook(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                self.emit("activation_grad", name, call, part, module_type, grad, step=step)
+
+        return grad_hook
+
+    # -- backward ------------------------------------------------------------------
+    def on_backward(self, tensors: Any) -> None:
+        if not self.traced:
+            return
+        call = self._backward_calls
+        self._backward_calls += 1
+        with torch.no_grad():
+            if isinstance(tensors, torch.Tensor):
+                self.emit("loss", "loss", call, "", None, tensors)
+                return
+            for i, t in enumerate(tensors):
+                if isinstance(t, torch.Tensor):
+                    self.emit("loss", "loss", call, str(i), None, t)
+
+    # -- optimizer -----------------------------------------------------------------
+    def optimizer_hooks(
+        self, optimizer: torch.optim.Optimizer
+    ) -> tuple[Callable[..., None], Callable[..., None]]:
+        """The step pre-hook and post-hook for one optimizer."""
+        cls = type(optimizer).__name__
+        snapshot_all = isinstance(optimizer, torch.optim.LBFGS)  # its grads come from the closure
+        kinds = self.kinds
+        want_update = "update" in kinds
+
+        @torch.no_grad()
+        def pre_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            self.check_writer()
+            if not self.traced:
+                return
+            for gi, group in enumerate(opt.param_groups):
+                hp = hparams_json(group)
+                for p in group["params"]:
+                    info = self.params.get(p)
+                    if info is None or not info.selected or (p.grad is None and not snapshot_all):
+                        continue
+                    common = dict(optimizer=cls, group=gi, hparams=hp)
+                    if p.grad is not None and "grad" in kinds:
+                        self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
+                    if "param" in kinds:
+                        self.emit("param", info.name, 0, "", info.module_type, p, **common)
+                    if "state" in kinds:
+                        for key, value in opt.state.get(p, {}).items():
+                            for part, t in walk(_as_tensor(value), str(key)):
+                                self.emit("state", info.name, 0, part, info.module_type, t, **common)
+                    if want_update:
+                        self._snapshots.append((p, p.detach().clone(), info, cls, gi, hp))
+
+        @torch.no_grad()
+        def post_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            snapshots, self._snapshots = self._snapshots, []
+            for p, before, info, c, gi, hp in snapshots:
+                update = p.detach().to(torch.float64) - before.to(torch.float64)
+                self.emit(
+                    "update", info.name, 0, "", info.module_type, update, optimizer=c, group=gi, hparams=hp
+                )
+            if opt is self.lead_optimizer:
+                self.advance()
+
+        return pre_hook, post_hook
+
+
+def _alive(handle: Any) -> bool:
+    ref = getattr(handle, "hooks_dict_ref", None)
+    return ref is not None and ref() is not None
+
+
+def _as_tensor(value: Any) -> Any:
+    if isinstance(value, bool):
+        return torch.tensor(value)
+    if isinstance(value, (int, float)):
+        return torch.tensor(value, dtype=torch.float64)
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def hparams_json(group: dict[str, Any]) -> str:
+    """A param group's hyper-parameters (everything but ``params``) as JSON text."""
+    return json.dumps({k: _jsonable(v) for k, v in group.items() if k != "params"}, sort_keys=True)
+
+
+# -- the loss: the one temporary patch --------------------------------------------
+
+
+def _make_patched_backward(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def backward(*args: Any, **kwargs: Any) -> Any:
+        tensors = args[0] if args else kwargs.get("tensors")
+        me = threading.get_ident()
+        for recorder in tuple(_active):
+            if recorder.thread == me:
+                recorder.on_backward(tensors)
+        return original(*args, **kwargs)
+
+    return backward
+
+
+_installed: Callable[..., Any] | None = None
+
+
+def activate(recorder: Recorder) -> None:
+    """Start receiving loss events; patches ``torch.autograd.backward`` for the first recorder.
+
+    ``Tensor.backward`` calls ``torch.autograd.backward``, so both are seen.
+    """
+    global _installed
+    with _patch_lock:
+        if not _active:
+            _installed = _make_patched_backward(torch.autograd.backward)
+            torch.autograd.backward = _installed
+        _active.append(recorder)
+
+
+def deactivate(recorder: Recorder) -> None:
+    """Stop receiving loss events; the last recorder out restores ``torch.autograd.backward``."""
+    global _installed
+    with _patch_lock:
+        if recorder in _active:
+            _active.remove(recorder)
+        if not _active and _installed is not None:
+            if torch.autograd.backward is _installed:  # someone patched on top: leave theirs
+                torch.autograd.backward = _installed.__wrapped__
+            _installed = None

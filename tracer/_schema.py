@@ -1,0 +1,46 @@
+"""The Arrow schema of a trace: declared once, versioned, never inferred."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+"""Bumped whenever a column is added, removed or changes meaning."""
+
+KINDS = ("input", "activation", "activation_grad", "loss", "grad", "param", "update", "state")
+"""Every kind of row, in the order they happen within a step."""
+
+META_FILE = "_tracer.json"
+"""Marks a directory as a trace; starts with ``_`` so Parquet readers skip it."""
+
+SCHEMA = pa.schema(
+    [
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("call", pa.int64(), nullable=False),
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("module_type", pa.string()),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("numel", pa.int64(), nullable=False),
+        pa.field("mean", pa.float64()),
+        pa.field("std", pa.float64()),
+        pa.field("min", pa.float64()),
+        pa.field("max", pa.float64()),
+        pa.field("norm", pa.float64()),
+        pa.field("nonfinite", pa.int64()),
+        pa.field("values", pa.list_(pa.float64())),
+        pa.field("rank", pa.int64(), nullable=False),
+        pa.field("grad_enabled", pa.bool_()),
+        pa.field("optimizer", pa.string()),
+        pa.field("param_group", pa.int64()),
+        pa.field("hparams", pa.string()),
+    ],
+    metadata={"tracer.schema_version": str(SCHEMA_VERSION)},
+)
+"""One row per captured tensor. ``seq`` orders rows in training order within a rank."""
+
+COLUMNS = tuple(SCHEMA.names)
+STRING_COLUMNS = tuple(f.name for f in SCHEMA if f.type == pa.string())

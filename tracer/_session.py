@@ -1,0 +1,396 @@
+"""``tracer.trace``: the context manager that owns the hooks, the step counter and the writer."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fnmatch
+import os
+import platform
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import torch
+
+from tracer import _hooks
+from tracer._schema import KINDS, META_FILE, SCHEMA_VERSION
+from tracer._store import Writer, prepare_directory, write_json_atomic
+
+if TYPE_CHECKING:
+    import pandas
+
+ALL: frozenset[str] = frozenset(KINDS)
+"""Every kind of row; the default of ``capture``."""
+
+DEFAULT_MAX_VALUES = 1024
+"""Tensors with at most this many elements keep their values (see README, "max_values")."""
+
+_traced_modules: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def trace(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    capture: Iterable[str] | str = ALL,
+    max_values: int | None = DEFAULT_MAX_VALUES,
+    every: int = 1,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    overwrite: bool = False,
+    flush_seconds: float = 1.0,
+) -> "Run":
+    """Trace a training loop into a Parquet dataset at ``path``.
+
+    Every argument is checked here, before the block starts.
+
+    Example::
+
+        with tracer.trace(model, optimizer, path="traces/run1") as run:
+            for x, y in batches:
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+        df = tracer.load(run.path, kind="grad")
+
+    Args:
+        model: the ``nn.Module`` to hook (a DDP- or ``torch.compile``-wrapped one too).
+        optimizer: an optimizer, a list of them, or None to trace forward/backward only.
+        path: the trace directory (default ``traces/<ModelClass>-<UTC time>``).
+        capture: the kinds of rows to record, a subset of ``tracer.ALL``.
+        max_values: tensors with at most this many elements keep their values;
+            0 keeps statistics only, None keeps every value.
+        every: trace steps 0, every, 2·every, ...
+        include: glob pattern(s) on module/parameter names to trace (default: all).
+        exclude: glob pattern(s) on module/parameter names not to trace.
+        overwrite: replace a trace already at ``path`` (files that are not a trace's are kept).
+        flush_seconds: the longest time rows wait in memory before they are on disk.
+
+    Raises:
+        TypeError: ``model`` is not a module or ``optimizer`` not an optimizer.
+        ValueError: an unknown kind in ``capture`` or an out-of-range number.
+        FileExistsError: ``path`` holds a trace and ``overwrite`` is False.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (got {_describe(model)})")
+    optimizers = _check_optimizers(optimizer)
+    kinds = _check_capture(capture)
+    if max_values is not None and (not _is_int(max_values) or max_values < 0):
+        raise ValueError(f"max_values must be an int >= 0 or None (got {max_values!r})")
+    if not _is_int(every) or every < 1:
+        raise ValueError(f"every must be an int >= 1 (got {every!r})")
+    include_patterns = _check_patterns("include", include)
+    exclude_patterns = _check_patterns("exclude", exclude)
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True or False (got {overwrite!r})")
+    if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
+        raise ValueError(f"flush_seconds must be a number > 0 (got {flush_seconds!r})")
+    root = unwrap(model)
+    if path is None:
+        path = _default_path(root)
+    elif not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike (got {_describe(path)})")
+    run = Run(
+        root,
+        optimizers,
+        path=Path(path),
+        kinds=kinds,
+        max_values=max_values,
+        every=every,
+        include=include_patterns,
+        exclude=exclude_patterns,
+        overwrite=overwrite,
+        flush_seconds=float(flush_seconds),
+    )
+    run._check_path()
+    return run
+
+
+class Run:
+    """A trace being recorded (inside the ``with`` block) or recorded (after it).
+
+    Attributes:
+        path: the trace directory.
+        step: the current step (completed ``optimizer.step()`` calls since the block started).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        *,
+        path: Path,
+        kinds: frozenset[str],
+        max_values: int | None,
+        every: int,
+        include: list[str] | None,
+        exclude: list[str],
+        overwrite: bool,
+        flush_seconds: float,
+    ) -> None:
+        self.path = path
+        self._model = model
+        self._optimizers = optimizers
+        self._kinds = kinds
+        self._max_values = max_values
+        self._every = every
+        self._include = include
+        self._exclude = exclude
+        self._overwrite = overwrite
+        self._flush_seconds = flush_seconds
+        self._rank = _rank()
+        self._handles: list[Any] = []
+        self._recorder: _hooks.Recorder | None = None
+        self._writer: Writer | None = None
+        self._state = "new"
+        self._final_step = 0
+
+    def __repr__(self) -> str:
+        return f"<tracer.Run {str(self.path)!r} step={self.step} {self._state}>"
+
+    @property
+    def step(self) -> int:
+        """The current step: completed steps of the lead optimizer since the block started."""
+        return self._recorder.step if self._recorder is not None else self._final_step
+
+    # -- context manager ---------------------------------------------------------
+    def __enter__(self) -> "Run":
+        if self._state != "new":
+            raise RuntimeError("a tracer.Run can be entered only once; call tracer.trace() again")
+        if self._model in _traced_modules:
+            raise RuntimeError(
+                f"this {type(self._model).__name__} is already being traced; "
+                "nested traces of one model are not supported: end the outer trace first"
+            )
+        prepare_directory(self.path, overwrite=self._overwrite, rank=self._rank)
+        if self._rank == 0:
+            write_json_atomic(self.path / META_FILE, self._meta(complete=False))
+        self._writer = Writer(self.path, rank=self._rank, flush_seconds=self._flush_seconds)
+        self._recorder = _hooks.Recorder(
+            self._writer,
+            kinds=self._kinds,
+            max_values=self._max_values,
+            every=self._every,
+            params=self._param_infos(),
+            lead_optimizer=self._optimizers[0] if self._optimizers else None,
+        )
+        _traced_modules.add(self._model)
+        self._state = "running"
+        try:
+            self._install()
+        except BaseException:
+            self._uninstall()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        assert self._recorder is not None and self._writer is not None
+        try:
+            self._uninstall()
+        finally:
+            self._final_step = self._recorder.step
+            self._writer.close()
+            self._recorder = None
+            self._state = "finished"
+            if self._rank == 0:
+                write_json_atomic(self.path / META_FILE, self._meta(complete=True))
+        if self._writer.error is not None and exc_type is None:
+            from tracer._errors import TraceWriteError
+
+            raise TraceWriteError(
+                f"tracer could not write to {str(self.path)!r}: {self._writer.error}"
+            ) from self._writer.error
+
+    # -- reading -----------------------------------------------------------------
+    def flush(self) -> None:
+        """Write every row recorded so far (inside the block; a no-op after it)."""
+        if self._state == "running" and self._writer is not None:
+            self._writer.flush()
+
+    def load(self, **filters: Any) -> "pandas.DataFrame":
+        """``tracer.load(run.path, ...)``, flushing first when called inside the block."""
+        from tracer._load import load
+
+        self.flush()
+        return load(self.path, **filters)
+
+    def report(self, **options: Any) -> Any:
+        """``tracer.report(run, ...)``."""
+        from tracer.report import report
+
+        self.flush()
+        return report(self.path, **options)
+
+    # -- internals ---------------------------------------------------------------
+    def _check_path(self) -> None:
+        from tracer._store import is_trace
+
+        if not self._overwrite and is_trace(self.path):
+            raise FileExistsError(
+                f"{str(self.path)!r} already holds a trace; pass overwrite=True to replace it "
+                "or choose another path"
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"trace path {str(self.path)!r} is a file; pass a directory path")
+
+    def _selected(self, name: str) -> bool:
+        if self._include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
+
+    def _param_infos(self) -> dict[torch.Tensor, _hooks.ParamInfo]:
+        modules = dict(self._model.named_modules())
+        infos: dict[torch.Tensor, _hooks.ParamInfo] = {}
+        for name, p in self._model.named_parameters():
+            owner = modules.get(name.rpartition(".")[0])
+            infos[p] = _hooks.ParamInfo(name, type(owner).__name__, self._selected(name))
+        for oi, opt in enumerate(self._optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for pi, p in enumerate(group["params"]):
+                    if p not in infos:
+                        name = f"optimizer{oi}.group{gi}.param{pi}"
+                        infos[p] = _hooks.ParamInfo(name, "", self._selected(name))
+        return infos
+
+    def _install(self) -> None:
+        recorder = self._recorder
+        assert recorder is not None
+        for name, module in self._model.named_modules():
+            is_root = module is self._model
+            selected = self._selected(name)
+            if not (selected or is_root):
+                continue
+            pre, post = recorder.module_hooks(
+                name, type(module).__name__, selected=selected, is_root=is_root
+            )
+            self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
+        for opt in self._optimizers:
+            pre, post = recorder.optimizer_hooks(opt)
+            self._handles.append(opt.register_step_pre_hook(pre))
+            self._handles.append(opt.register_step_post_hook(post))
+        _hooks.activate(recorder)
+
+    def _uninstall(self) -> None:
+        recorder = self._recorder
+        try:
+            for handle in self._handles:
+                handle.remove()
+            if recorder is not None:
+                for handle in recorder.tensor_handles:
+                    handle.remove()
+                recorder.tensor_handles = []
+        finally:
+            self._handles = []
+            if recorder is not None:
+                _hooks.deactivate(recorder)
+            _traced_modules.discard(self._model)
+
+    def _meta(self, *, complete: bool) -> dict[str, Any]:
+        from tracer import __version__
+
+        return {
+            "format": "tracer",
+            "schema_version": SCHEMA_VERSION,
+            "tracer_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": complete,
+            "steps": self.step if complete else None,
+            "model": type(self._model).__name__,
+            "optimizers": [_optimizer_meta(o) for o in self._optimizers],
+            "options": {
+                "capture": sorted(self._kinds),
+                "max_values": self._max_values,
+                "every": self._every,
+                "include": self._include,
+                "exclude": self._exclude,
+            },
+        }
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose names users know: DDP/DataParallel and ``torch.compile`` removed."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if isinstance(inner, torch.nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+            continue
+        return model
+
+
+def _optimizer_meta(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    cls = type(opt)
+    bases = [
+        c.__name__
+        for c in cls.__mro__[1:]
+        if c.__module__.startswith("torch.optim") and c is not torch.optim.Optimizer
+    ]
+    return {"class": cls.__name__, "qualname": f"{cls.__module__}.{cls.__qualname__}", "bases": bases}
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
+def _default_path(model: torch.nn.Module) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = Path("traces") / f"{type(model).__name__}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    if optimizer is None:
+        return []
+    items = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+    for item in items:
+        if not isinstance(item, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a torch.optim.Optimizer, a list of them, or None "
+                f"(got {_describe(item)})"
+            )
+    return items
+
+
+def _check_capture(capture: Any) -> frozenset[str]:
+    if isinstance(capture, str):
+        capture = [capture]
+    try:
+        kinds = frozenset(capture)
+    except TypeError:
+        raise TypeError(f"capture must be an iterable of kinds (got {_describe(capture)})") from None
+    unknown = sorted(str(k) for k in kinds - ALL)
+    if unknown:
+        raise ValueError(f"unknown capture kind(s) {unknown}; valid kinds are {list(KINDS)}")
+    return kinds
+
+
+def _check_patterns(arg: str, patterns: Any) -> list[str] | None:
+    if patterns is None:
+        return None if arg == "include" else []
+    if isinstance(patterns, str):
+        return [patterns]
+    items = list(patterns) if isinstance(patterns, Iterable) else None
+    if items is None or not all(isinstance(p, str) for p in items):
+        raise TypeError(f"{arg} must be a glob pattern or a list of them (got {patterns!r})")
+    return items

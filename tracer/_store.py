@@ -1,0 +1,377 @@
+"""Parquet on disk: the trace directory, the background writer, and the filtered reader.
+
+Layout of a trace directory::
+
+    _tracer.json                               metadata (never ends in .parquet)
+    part-<rank>-<session>-<index>.parquet      finished data files, one per flush
+    .part-<rank>-<session>-<index>.tmp         a file being written (renamed when complete)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from tracer._errors import TraceFormatError, TraceWriteError
+from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_COLUMNS
+from tracer._tensors import Captured, finish
+
+_PART_GLOB = "part-*.parquet"
+_TMP_GLOB = ".part-*.tmp"
+_STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
+_FLUSH = object()
+_CLOSE = object()
+
+
+# --------------------------------------------------------------------------- directory
+
+
+def is_trace(path: Path) -> bool:
+    """True when ``path`` is a directory that holds a tracer trace."""
+    return path.is_dir() and ((path / META_FILE).is_file() or any(path.glob(_PART_GLOB)))
+
+
+def prepare_directory(path: Path, *, overwrite: bool, rank: int) -> None:
+    """Make ``path`` ready for a new trace, deleting only files a trace wrote, and only if asked."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"trace path {str(path)!r} is a file; pass a directory path")
+    own = f"part-{rank:05d}-*" if rank else "part-*"
+    existing = [*path.glob(own + ".parquet"), *path.glob("." + own + ".tmp")] if path.is_dir() else []
+    if rank == 0 and (path / META_FILE).is_file():
+        existing.append(path / META_FILE)
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{str(path)!r} already holds a trace; pass overwrite=True to replace it "
+            "or choose another path"
+        )
+    if path.is_dir() and not existing and rank == 0:
+        foreign = [p.name for p in path.rglob("*.parquet")]
+        if foreign:
+            raise FileExistsError(
+                f"{str(path)!r} holds Parquet files that are not a trace ({foreign[0]!r}, ...); "
+                "choose an empty or new directory"
+            )
+    for file in existing:  # only what a trace wrote: other files are never touched
+        file.unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The trace's metadata (``{}`` for a trace without a metadata file)."""
+    file = path / META_FILE
+    if not file.is_file():
+        return {}
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TraceFormatError(f"{str(file)!r} is not valid trace metadata: {exc}") from None
+    if not isinstance(meta, dict):
+        raise TraceFormatError(f"{str(file)!r} is not valid trace metadata: not a JSON object")
+    _check_version(meta.get("schema_version", SCHEMA_VERSION), file)
+    return meta
+
+
+def _check_version(version: Any, where: Path) -> None:
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise TraceFormatError(f"{str(where)!r} has an unreadable schema version {version!r}") from None
+    if version > SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{str(where)!r} was written with trace schema v{version}, newer than this tracer "
+            f"reads (v{SCHEMA_VERSION}); upgrade: pip install -U torch-tracer"
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+Row = tuple  # (step, seq, kind, name, call, part, module_type, Captured, grad_enabled,
+#             optimizer, param_group, hparams)
+
+
+class Writer:
+    """Writes rows to Parquet files on a background thread, through a bounded queue.
+
+    ``put`` blocks while more than ``max_queue_bytes`` wait to be written, so memory stays
+    flat whatever the run length. A file is written (then renamed into place) at least
+    every ``flush_seconds``.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        rank: int = 0,
+        flush_seconds: float = 1.0,
+        max_queue_bytes: int = 256 << 20,
+        compression: str = "zstd",
+    ) -> None:
+        self.directory = directory
+        self.rank = rank
+        self.flush_seconds = flush_seconds
+        self.max_queue_bytes = max_queue_bytes
+        self.compression = compression
+        self.error: BaseException | None = None
+        self.rows_written = 0
+        self.files_written = 0
+        self._session = uuid.uuid4().hex[:8]
+        self._queue: deque[Any] = deque()
+        self._queued_bytes = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="tracer-writer", daemon=True)
+        self._thread.start()
+
+    # -- training thread ------------------------------------------------------------
+    def put(self, row: Row) -> None:
+        nbytes = row[7].nbytes
+        with self._cond:
+            while self._queued_bytes > self.max_queue_bytes and self._thread.is_alive():
+                self._cond.wait(0.1)
+            self._queue.append((row, nbytes))
+            self._queued_bytes += nbytes
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until every row put so far is in a finished file."""
+        done = threading.Event()
+        with self._cond:
+            self._queue.append((_FLUSH, done))
+            self._cond.notify_all()
+        while not done.wait(0.1):
+            if not self._thread.is_alive():
+                break
+
+    def close(self) -> None:
+        with self._cond:
+            self._queue.append((_CLOSE, None))
+            self._cond.notify_all()
+        self._thread.join()
+
+    # -- writer thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        buffer: list[tuple[Row, int]] = []
+        buffered_bytes = 0
+        deadline = time.monotonic() + self.flush_seconds
+        while True:
+            with self._cond:
+                while not self._queue:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    self._cond.wait(timeout)
+                items = list(self._queue)
+                self._queue.clear()
+            control = None
+            for item, extra in items:
+                if item is _FLUSH or item is _CLOSE:
+                    control = (item, extra)
+                    continue
+                buffer.append((item, extra))
+                buffered_bytes += extra
+            if control or time.monotonic() >= deadline or buffered_bytes > self.max_queue_bytes // 4:
+                if buffer:
+                    self._write(buffer)
+                buffer = []
+                with self._cond:
+                    self._queued_bytes -= buffered_bytes
+                    self._cond.notify_all()
+                buffered_bytes = 0
+                deadline = time.monotonic() + self.flush_seconds
+            if control is not None:
+                if control[0] is _CLOSE:
+                    return
+                control[1].set()
+
+    def _write(self, buffer: list[tuple[Row, int]]) -> None:
+        if self.error is not None:
+            return  # already failed: rows are dropped, the error is raised to the user
+        name = f"part-{self.rank:05d}-{self._session}-{self.files_written:06d}"
+        tmp = self.directory / f".{name}.tmp"
+        try:
+            table = rows_to_table([row for row, _ in buffer], self.rank)
+            pq.write_table(
+                table,
+                tmp,
+                compression=self.compression,
+                use_dictionary=list(STRING_COLUMNS),
+                write_statistics=_STAT_COLUMNS,
+            )
+            os.replace(tmp, self.directory / f"{name}.parquet")
+        except BaseException as exc:  # noqa: BLE001 - reported to the training thread
+            self.error = exc
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return
+        self.files_written += 1
+        self.rows_written += len(buffer)
+
+
+def rows_to_table(rows: Sequence[Row], rank: int) -> pa.Table:
+    """Build one Arrow table (in :data:`SCHEMA`) from captured rows."""
+    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
+    values: list[np.ndarray | None] = []
+    stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
+    for step, seq, kind, name, call, part, module_type, cap, grad_enabled, opt, group, hp in rows:
+        cap: Captured
+        stats, vals = finish(cap)
+        cols["step"].append(step)
+        cols["seq"].append(seq)
+        cols["kind"].append(kind)
+        cols["name"].append(name)
+        cols["call"].append(call)
+        cols["part"].append(part)
+        cols["module_type"].append(module_type)
+        cols["shape"].append(cap.shape)
+        cols["dtype"].append(cap.dtype)
+        cols["numel"].append(cap.numel)
+        for key, value in zip(stat_names, stats):
+            cols[key].append(value)
+        cols["rank"].append(rank)
+        cols["grad_enabled"].append(grad_enabled)
+        cols["optimizer"].append(opt)
+        cols["param_group"].append(group)
+        cols["hparams"].append(hp)
+        values.append(vals)
+    arrays = {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}
+    arrays["values"] = _list_array(values)
+    return pa.Table.from_pydict({c: arrays[c] for c in COLUMNS}, schema=SCHEMA)
+
+
+def _list_array(values: list[np.ndarray | None]) -> pa.Array:
+    lengths = np.array([0 if v is None else v.size for v in values], dtype=np.int64)
+    offsets = np.zeros(len(values) + 1, dtype=np.int32 if lengths.sum() < 2**31 else np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [v for v in values if v is not None]
+    flat = np.concatenate(present) if present else np.empty(0, dtype=np.float64)
+    mask = pa.array([v is None for v in values], type=pa.bool_())
+    if offsets.dtype == np.int64:
+        return pa.LargeListArray.from_arrays(offsets, flat, mask=mask).cast(pa.list_(pa.float64()))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def data_files(path: Path) -> list[Path]:
+    """Finished data files of a trace, in name order; hidden and ``_`` files are skipped."""
+    files = []
+    for file in path.rglob("*.parquet"):
+        rel = file.relative_to(path).parts
+        if not any(part.startswith(("_", ".")) for part in rel):
+            files.append(file)
+    return sorted(files)
+
+
+def check_trace_dir(path: Path) -> list[Path]:
+    """Validate ``path`` as a trace and return its data files, or raise TraceFormatError."""
+    if not path.exists():
+        raise TraceFormatError(f"no trace at {str(path)!r}: the path does not exist")
+    if not path.is_dir():
+        raise TraceFormatError(f"{str(path)!r} is not a trace: a trace is a directory")
+    read_meta(path)
+    files = data_files(path)
+    if not (path / META_FILE).is_file() and not files:
+        raise TraceFormatError(
+            f"{str(path)!r} is not a trace: it has neither {META_FILE} nor data files"
+        )
+    for file in files:
+        _check_file(file)
+    return files
+
+
+def _check_file(file: Path) -> None:
+    try:
+        schema = pq.read_schema(file)
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceFormatError(f"corrupt trace file {str(file)!r}: {exc}") from None
+    meta = schema.metadata or {}
+    version = meta.get(b"tracer.schema_version")
+    if version is None:
+        raise TraceFormatError(f"{str(file)!r} is not a tracer data file (no schema version)")
+    _check_version(version.decode(), file)
+    missing = [f.name for f in SCHEMA if f.name not in schema.names]
+    if missing:
+        raise TraceFormatError(f"{str(file)!r} lacks trace columns {missing}")
+
+
+def _isin(field: str, value: Any) -> pc.Expression:
+    if isinstance(value, (str, int)):
+        return pc.field(field) == value
+    return pc.field(field).isin(list(value))
+
+
+def _step_filter(step: Any) -> pc.Expression:
+    if isinstance(step, slice):
+        if step.step not in (None, 1):
+            return _isin("step", range(step.start or 0, step.stop, step.step))
+        expr = pc.scalar(True)
+        if step.start is not None:
+            expr = expr & (pc.field("step") >= step.start)
+        if step.stop is not None:
+            expr = expr & (pc.field("step") < step.stop)
+        return expr
+    return _isin("step", step)
+
+
+def _has_glob(names: Iterable[str]) -> bool:
+    return any(ch in n for n in names for ch in "*?[")
+
+
+def load_table(
+    path: Path,
+    *,
+    kind: str | Iterable[str] | None = None,
+    name: str | Iterable[str] | None = None,
+    step: int | Iterable[int] | slice | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """Read a trace as an Arrow table in training order, with filters pushed into the reader."""
+    files = check_trace_dir(path)
+    if columns is not None:
+        unknown = [c for c in columns if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; trace columns are {list(COLUMNS)}")
+    names = [name] if isinstance(name, str) else (list(name) if name is not None else None)
+    glob = names is not None and _has_glob(names)
+    expr = pc.scalar(True)
+    if kind is not None:
+        expr = expr & _isin("kind", kind)
+    if names is not None and not glob:
+        expr = expr & _isin("name", names)
+    if step is not None:
+        expr = expr & _step_filter(step)
+    wanted = list(columns) if columns is not None else list(COLUMNS)
+    read = list(dict.fromkeys([*wanted, "step", "rank", "seq", *(["name"] if glob else [])]))
+    if not files:
+        return SCHEMA.empty_table().select(wanted)
+    dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
+    try:
+        table = dataset.to_table(columns=read, filter=expr)
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceFormatError(f"could not read trace {str(path)!r}: {exc}") from None
+    if glob:
+        keep = [any(fnmatch.fnmatchcase(n, p) for p in names) for n in table["name"].to_pylist()]
+        table = table.filter(pa.array(keep, type=pa.bool_()))
+    table = table.sort_by([("step", "ascending"), ("rank", "ascending"), ("seq", "ascending")])
+    return table.select(wanted)
