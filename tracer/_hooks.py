@@ -198,7 +198,6 @@ class Recorder:
 
         @torch.no_grad()
         def pre_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-            self.check_writer()
             if not self.traced:
                 return
             for gi, group in enumerate(opt.param_groups):

@@ -193,14 +193,16 @@ class Run:
             self._writer.close()
             self._recorder = None
             self._state = "finished"
-            if self._rank == 0:
+        error = self._writer.error
+        if self._rank == 0 and error is None:
+            try:
                 write_json_atomic(self.path / META_FILE, self._meta(complete=True))
-        if self._writer.error is not None and exc_type is None:
+            except OSError as exc:
+                error = exc
+        if error is not None and exc_type is None:
             from tracer._errors import TraceWriteError
 
-            raise TraceWriteError(
-                f"tracer could not write to {str(self.path)!r}: {self._writer.error}"
-            ) from self._writer.error
+            raise TraceWriteError(f"tracer could not write to {str(self.path)!r}: {error}") from error
 
     # -- reading -----------------------------------------------------------------
     def flush(self) -> None:

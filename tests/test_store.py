@@ -1,0 +1,199 @@
+"""The trace directory on disk: overwrite rules, atomic files, load errors, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+import tracer
+from _reference import make_reference, train_reference
+
+
+def _trace_once(path, **kwargs):
+    model, x, y, loss_fn, opt = make_reference()
+    with tracer.trace(model, opt, path=path, **kwargs) as run:
+        train_reference(model, x, y, loss_fn, opt)
+    return run
+
+
+def test_layout_only_finished_files_end_in_parquet(reference_trace):
+    names = sorted(p.name for p in reference_trace.iterdir())
+    assert "_tracer.json" == names[0]
+    assert all(n.startswith("part-") and n.endswith(".parquet") for n in names[1:])
+    meta = json.loads((reference_trace / "_tracer.json").read_text())
+    assert meta["complete"] is True and 1 == meta["steps"]
+    assert [{"class": "SGD", "qualname": "torch.optim.sgd.SGD", "bases": []}] == meta["optimizers"]
+    schema = pq.read_schema(next(reference_trace.glob("*.parquet")))
+    assert b"1" == schema.metadata[b"tracer.schema_version"]
+
+
+def test_existing_trace_is_refused_without_overwrite(reference_trace):
+    before = sorted(p.name for p in reference_trace.iterdir())
+    with pytest.raises(FileExistsError, match="already holds a trace; pass overwrite=True"):
+        _trace_once(reference_trace)
+    assert before == sorted(p.name for p in reference_trace.iterdir())
+
+
+def test_overwrite_replaces_the_trace_and_keeps_foreign_files(reference_trace):
+    (reference_trace / "notes.txt").write_text("mine")
+    (reference_trace / "sub").mkdir()
+    (reference_trace / "sub" / "keep.bin").write_bytes(b"x")
+    old = {p.name for p in reference_trace.glob("part-*.parquet")}
+    _trace_once(reference_trace, overwrite=True)
+    assert "mine" == (reference_trace / "notes.txt").read_text()
+    assert (reference_trace / "sub" / "keep.bin").exists()
+    new = {p.name for p in reference_trace.glob("part-*.parquet")}
+    assert not old & new
+    assert 1 == len(tracer.load(reference_trace, kind="loss"))
+
+
+def test_a_directory_of_other_parquet_files_is_refused(tmp_path):
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "data.parquet")
+    with pytest.raises(FileExistsError, match="not a trace"):
+        _trace_once(tmp_path, overwrite=True)
+    assert (tmp_path / "data.parquet").exists()
+
+
+def test_a_file_path_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        _trace_once(tmp_path / "f")
+
+
+def test_filtered_load(tmp_path):
+    model, x, y, loss_fn, opt = make_reference()
+    with tracer.trace(model, opt, path=tmp_path / "t") as run:
+        train_reference(model, x, y, loss_fn, opt, steps=4)
+    assert {"grad"} == set(tracer.load(run, kind="grad").kind)
+    assert [2] == tracer.load(run, kind="loss", step=2).step.tolist()
+    assert [1, 2] == tracer.load(run, kind="loss", step=slice(1, 3)).step.tolist()
+    assert [0, 3] == tracer.load(run, kind="loss", step=[0, 3]).step.tolist()
+    assert ["weight"] * 4 == tracer.load(run, kind="grad", name="weight").name.tolist()
+    assert {"weight", "bias"} == set(tracer.load(run, kind="grad", name="*").name)
+    cols = tracer.load(run, kind="loss", columns=["step", "values"])
+    assert ["step", "values"] == list(cols.columns)
+    with pytest.raises(ValueError, match=r"unknown columns \['nope'\]"):
+        tracer.load(run, columns=["nope"])
+
+
+def test_load_errors_name_the_problem(tmp_path, reference_trace):
+    with pytest.raises(tracer.TraceFormatError, match="does not exist"):
+        tracer.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(tracer.TraceFormatError, match="is not a trace"):
+        tracer.load(tmp_path / "empty")
+    bad = reference_trace / "part-00000-broken-000009.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(tracer.TraceFormatError, match="corrupt trace file .*part-00000-broken-000009"):
+        tracer.load(reference_trace)
+    bad.unlink()
+    meta = json.loads((reference_trace / "_tracer.json").read_text())
+    meta["schema_version"] = 99
+    (reference_trace / "_tracer.json").write_text(json.dumps(meta))
+    with pytest.raises(tracer.TraceFormatError, match="schema v99, newer than this tracer reads"):
+        tracer.load(reference_trace)
+    with pytest.raises(TypeError, match="trace must be a path or a tracer.Run"):
+        tracer.load(3)
+
+
+def test_a_parquet_file_without_the_trace_schema_is_refused(reference_trace):
+    pq.write_table(pa.table({"step": [1]}), reference_trace / "part-00000-foreign-000001.parquet")
+    with pytest.raises(tracer.TraceFormatError, match="not a tracer data file"):
+        tracer.load(reference_trace)
+
+
+def test_hostile_module_names_round_trip_and_stay_inside(tmp_path):
+    names = ["/etc/passwd", "<script>alert(1)</script>", "new\nline", "é" * 300, "a/b\\c", "x" * 10_000]
+    model = nn.ModuleDict({n: nn.Linear(1, 1) for n in names})
+    with tracer.trace(model, path=tmp_path / "t") as run:
+        for n in names:
+            model[n](torch.ones(1, 1))
+    assert ["t"] == [p.name for p in tmp_path.iterdir()]
+    assert names == tracer.load(run, kind="activation").name.tolist()
+
+
+def test_writer_flushes_while_training_runs(tmp_path):
+    model, x, y, loss_fn, opt = make_reference()
+    with tracer.trace(model, opt, path=tmp_path / "t", flush_seconds=0.05) as run:
+        train_reference(model, x, y, loss_fn, opt)
+        deadline = time.monotonic() + 5
+        while not list(run.path.glob("*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(run.path.glob("*.parquet")), "nothing flushed within the flush interval"
+
+
+def test_write_failure_is_raised_and_training_is_untouched(tmp_path):
+    model, x, y, loss_fn, opt = make_reference()
+    path = tmp_path / "t"
+    with pytest.raises(tracer.TraceWriteError, match="could not write"):
+        with tracer.trace(model, opt, path=path, flush_seconds=0.01) as run:
+            train_reference(model, x, y, loss_fn, opt)
+            run.flush()
+            for f in path.iterdir():
+                f.unlink()
+            path.rmdir()  # the directory disappears mid-run
+            train_reference(model, x, y, loss_fn, opt)
+            run.flush()  # the writer fails here, on its thread
+            train_reference(model, x, y, loss_fn, opt)  # raised at the next step boundary
+            pytest.fail("the write error was not raised")
+    assert 3 == run.step  # raised at the end of the third step, after its update
+    plain, x, y, loss_fn, plain_opt = make_reference()
+    train_reference(plain, x, y, loss_fn, plain_opt, steps=3)
+    assert torch.equal(plain.weight, model.weight)  # every update happened, untouched
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch, tracer
+    from torch import nn
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tracer.trace(model, opt, path=sys.argv[1], flush_seconds=0.1) as run:
+        step = 0
+        while True:
+            opt.zero_grad()
+            model(torch.ones(2, 4)).sum().backward()
+            opt.step()
+            step += 1
+            if step % 10 == 0:
+                print(step, flush=True)
+            time.sleep(0.002)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_leaves_a_loadable_trace(tmp_path):
+    path = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        last = 0
+        deadline = time.monotonic() + 60
+        while last < 200 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            last = int(line)
+        time.sleep(0.3)  # let at least one more flush happen after `last`
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert last >= 200, "the traced subprocess did not get going"
+    assert not [p for p in path.iterdir() if p.suffix == ".parquet" and p.name.startswith(".")]
+    df = tracer.load(path)
+    assert df.step.max() >= last - 1  # at most ~flush_seconds of steps lost
+    assert {"input", "activation", "loss", "grad", "param", "update"} <= set(df.kind)
