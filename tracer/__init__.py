@@ -10,6 +10,7 @@ from tracer._errors import TraceFormatError, TracerError, TraceWriteError
 from tracer._load import load
 from tracer._schema import KINDS, SCHEMA_VERSION
 from tracer._session import ALL, DEFAULT_MAX_VALUES, Run, trace
+from tracer.report import Report, report
 
 __version__ = "0.1.0"
 
@@ -18,11 +19,13 @@ __all__ = [
     "DEFAULT_MAX_VALUES",
     "KINDS",
     "SCHEMA_VERSION",
+    "Report",
     "Run",
     "TraceFormatError",
     "TraceWriteError",
     "TracerError",
     "__version__",
     "load",
+    "report",
     "trace",
 ]

@@ -180,11 +180,11 @@ class Recorder:
         self._backward_calls += 1
         with torch.no_grad():
             if isinstance(tensors, torch.Tensor):
-                self.emit("loss", "loss", call, "", None, tensors)
+                self.emit("loss", "loss", call, "", _grad_fn_name(tensors), tensors)
                 return
             for i, t in enumerate(tensors):
                 if isinstance(t, torch.Tensor):
-                    self.emit("loss", "loss", call, str(i), None, t)
+                    self.emit("loss", "loss", call, str(i), _grad_fn_name(t), t)
 
     # -- optimizer -----------------------------------------------------------------
     def optimizer_hooks(
@@ -207,7 +207,7 @@ class Recorder:
                     if info is None or not info.selected or (p.grad is None and not snapshot_all):
                         continue
                     common = dict(optimizer=cls, group=gi, hparams=hp)
-                    if p.grad is not None and "grad" in kinds:
+                    if p.grad is not None and "grad" in kinds and not snapshot_all:
                         self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
                     if "param" in kinds:
                         self.emit("param", info.name, 0, "", info.module_type, p, **common)
@@ -222,6 +222,10 @@ class Recorder:
         def post_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
             snapshots, self._snapshots = self._snapshots, []
             for p, before, info, c, gi, hp in snapshots:
+                if snapshot_all and p.grad is not None and "grad" in kinds:
+                    # LBFGS computes its gradients inside step(), in the closure: the last
+                    # one evaluated is there now (with max_iter=1, the one it used)
+                    self.emit("grad", info.name, 0, "", info.module_type, p.grad, optimizer=c, group=gi, hparams=hp)
                 update = p.detach().to(torch.float64) - before.to(torch.float64)
                 self.emit(
                     "update", info.name, 0, "", info.module_type, update, optimizer=c, group=gi, hparams=hp
@@ -232,16 +236,23 @@ class Recorder:
         return pre_hook, post_hook
 
 
+def _grad_fn_name(tensor: torch.Tensor) -> str | None:
+    """``MseLossBackward0`` for an MSE loss: the loss row's ``module_type``."""
+    fn = tensor.grad_fn
+    return None if fn is None else type(fn).__name__
+
+
 def _alive(handle: Any) -> bool:
     ref = getattr(handle, "hooks_dict_ref", None)
     return ref is not None and ref() is not None
 
 
 def _as_tensor(value: Any) -> Any:
-    if isinstance(value, bool):
-        return torch.tensor(value)
-    if isinstance(value, (int, float)):
+    """Python scalars in optimizer state become 0-d tensors (int64 for ints, as replay needs)."""
+    if isinstance(value, float):
         return torch.tensor(value, dtype=torch.float64)
+    if isinstance(value, (bool, int)):
+        return torch.tensor(value)
     return value
 
 

@@ -1,0 +1,202 @@
+"""One check per traced update: the rule's prediction (or a replay) against what happened."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tracer import rules
+from tracer._replay import find_class, replay
+
+_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+
+
+@dataclasses.dataclass
+class UpdateCheck:
+    """Everything the report says about one (step, parameter) update."""
+
+    step: int
+    name: str
+    optimizer: str
+    param_group: int | None
+    hparams: dict[str, Any]
+    dtype: str
+    shape: tuple[int, ...]
+    rule_class: str | None = None  # the class whose rule was used (a base for subclasses)
+    rule: str | None = None
+    latex: str | None = None
+    predicted: list[float] | None = None
+    observed: list[float] | None = None
+    max_abs_error: float | None = None
+    matches: bool | None = None
+    check: str | None = None
+    reason: str | None = None
+    param: np.ndarray | None = None
+    grad: np.ndarray | None = None
+    state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    update: np.ndarray | None = None
+    norms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def rule_object(self) -> rules.Rule | None:
+        rule, _ = rules.rule_for(self.rule_class) if self.rule_class else (None, None)
+        return rule
+
+
+def tolerance(dtype: str, old: torch.Tensor, new: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per-element tolerance between a predicted and an observed new parameter value.
+
+    A few roundings of the parameter's own dtype (kernels such as foreach and fused ones
+    order operations differently), plus a small fraction of the update itself. An error
+    in the rule moves the update by far more than that.
+    """
+    eps = _EPS.get(dtype, 2.0**-23)
+    scale = torch.maximum(old.abs(), new.abs())
+    return 16 * eps * scale + 256 * eps * delta.abs() + 1e-300
+
+
+def compare(dtype: str, old: torch.Tensor, predicted: torch.Tensor, observed: torch.Tensor) -> tuple[float, bool]:
+    """``(max_abs_error, matches)`` of a prediction against the traced new value."""
+    if predicted.shape != observed.shape:
+        return math.inf, False
+    error = (predicted - observed).abs()
+    if error.numel() == 0:
+        return 0.0, True
+    both_nan = predicted.isnan() & observed.isnan()
+    error = torch.where(both_nan, torch.zeros_like(error), error)
+    tol = tolerance(dtype, old, predicted, predicted - old)
+    ok = bool(((error <= tol) | both_nan | (predicted == observed)).all())
+    return float(error.max()), ok
+
+
+def _tensor(row: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor | None:
+    values = row["values"]
+    if values is None or (isinstance(values, float) and math.isnan(values)):
+        return None
+    return torch.from_numpy(np.array(values, dtype=np.float64)).reshape(tuple(row["shape"])).to(dtype)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float64
+
+
+def build_checks(
+    df: pd.DataFrame,
+    optimizer_bases: dict[str, list[str]],
+    extra_classes: Sequence[type] = (),
+) -> list[UpdateCheck]:
+    """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state)."""
+    checks = []
+    rows = df[df.kind.isin(["grad", "param", "update", "state"])]
+    for (step, name), group in rows.groupby(["step", "name"], sort=False):
+        by_kind = {kind: g for kind, g in group.groupby("kind")}
+        if "update" not in by_kind:
+            continue
+        upd = by_kind["update"].iloc[0]
+        par = by_kind["param"].iloc[0] if "param" in by_kind else None
+        grd = by_kind["grad"].iloc[0] if "grad" in by_kind else None
+        check = UpdateCheck(
+            step=int(step),
+            name=str(name),
+            optimizer=str(upd["optimizer"]),
+            param_group=None if pd.isna(upd["param_group"]) else int(upd["param_group"]),
+            hparams=json.loads(upd["hparams"]) if isinstance(upd["hparams"], str) else {},
+            dtype=str(par["dtype"]) if par is not None else "float64",
+            shape=tuple(int(s) for s in upd["shape"]),
+        )
+        check.norms = {
+            "update": float(upd["norm"]),
+            "param": float(par["norm"]) if par is not None else math.nan,
+            "grad": float(grd["norm"]) if grd is not None else math.nan,
+        }
+        state_rows = by_kind.get("state")
+        _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
+        checks.append(check)
+    checks.sort(key=lambda c: c.step)  # stable: training order within a step
+    return checks
+
+
+def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes) -> None:
+    bases = optimizer_bases.get(check.optimizer, [])
+    rule, used = rules.rule_for(check.optimizer, bases)
+    if rule is not None:
+        check.rule_class = used
+        check.rule = rule.text(check.hparams)
+        check.latex = rule.latex(check.hparams)
+    update = _tensor(upd)
+    param = _tensor(par) if par is not None else None
+    grad = _tensor(grd) if grd is not None else None
+    state: dict[str, torch.Tensor] = {}
+    missing = [] if param is not None and update is not None else ["param" if param is None else "update"]
+    if grd is not None and grad is None:
+        missing.append("grad")
+    if state_rows is not None:
+        for _, srow in state_rows.iterrows():
+            t = _tensor(srow)
+            if t is None:
+                missing.append(f"state {srow['part']}")
+            else:
+                state[str(srow["part"])] = t
+    if missing:
+        numel = int(upd["numel"])
+        check.reason = (
+            f"the values of {', '.join(missing)} were not stored ({numel} elements, more than "
+            "max_values); trace with max_values=None to check this update"
+        )
+        return
+    assert param is not None and update is not None
+    check.param = param.numpy()
+    check.grad = None if grad is None else grad.numpy()
+    check.state = {k: v.numpy() for k, v in state.items()}
+    check.update = update.numpy()
+    observed = param + update
+    check.observed = observed.flatten().tolist()
+    reasons = []
+    if rule is not None:
+        try:
+            predicted = rule.predict(param, grad, state, check.hparams)
+        except rules.CannotPredict as exc:
+            reasons.append(f"the {used} rule cannot predict this update: {exc}")
+        else:
+            _settle(check, "rule", predicted, param, observed)
+            return
+    else:
+        reasons.append(f"no update rule is known for {check.optimizer}")
+    cls, found = find_class(check.optimizer, bases, extra_classes)
+    if cls is None:
+        check.reason = "; ".join([*reasons, found])
+        return
+    dtype = _torch_dtype(check.dtype)
+    try:
+        state_native = {k: _native(v, state_rows, k) for k, v in state.items()}
+        new = replay(
+            cls,
+            param.to(dtype),
+            None if grad is None else grad.to(_torch_dtype(str(grd["dtype"]))),
+            state_native,
+            check.hparams,
+        )
+    except Exception as exc:  # noqa: BLE001 - any optimizer failure becomes a sentence
+        reasons.append(f"replaying {found} failed: {type(exc).__name__}: {exc}")
+        check.reason = "; ".join(reasons)
+        return
+    _settle(check, "replay", new.to(torch.float64), param, observed)
+    check.reason = "; ".join(reasons) or None
+
+
+def _native(value: torch.Tensor, state_rows: pd.DataFrame, key: str) -> torch.Tensor:
+    row = state_rows[state_rows.part == key].iloc[0]
+    return value.to(_torch_dtype(str(row["dtype"])))
+
+
+def _settle(check: UpdateCheck, how: str, predicted: torch.Tensor, param: torch.Tensor, observed: torch.Tensor) -> None:
+    check.check = how
+    check.predicted = predicted.flatten().tolist()
+    check.max_abs_error, check.matches = compare(check.dtype, param, predicted, observed)

@@ -1,0 +1,288 @@
+"""The whole step of a small model, worked by hand: forward, loss, chain rule.
+
+Covers a root ``nn.Linear`` or an ``nn.Sequential`` of Linear/ReLU/Sigmoid/Tanh layers on a
+batch of one, with an MSE, L1, binary cross-entropy or cross-entropy loss. Every number
+shown is recomputed from the traced inputs and parameters and checked against the traced
+value (✓ / ✗). The target is not a model input, so it is recovered from the traced
+gradient of the loss where the loss allows it (MSE, BCE, cross-entropy).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tracer.rules._base import arg, num
+
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_ACTIVATIONS = {"ReLU", "Sigmoid", "Tanh"}
+
+
+def _ok(got: float, traced: float) -> str:
+    return "✓" if math.isclose(got, traced, rel_tol=1e-6, abs_tol=1e-9) else f"✗ (traced {num(traced)})"
+
+
+def _vec(row: Any) -> np.ndarray | None:
+    v = row["values"] if row is not None else None
+    return None if v is None else np.asarray(v, dtype=np.float64)
+
+
+class _Step:
+    """The rows of one step, looked up by (kind, name)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.rows = {(r.kind, r.name, r.part): r for r in df.itertuples(index=False)}
+
+    def get(self, kind: str, name: str, part: str = "") -> Any:
+        row = self.rows.get((kind, name, part))
+        return None if row is None else row._asdict()
+
+
+def explain_step(df: pd.DataFrame, max_elements: int = 16) -> list[str] | None:
+    """Markdown lines walking through one step, or None when the model is not covered."""
+    if df.empty or (df.call > 0).any():
+        return None  # several passes per step: no single story to tell
+    step = _Step(df)
+    layers = _layers(df)
+    if layers is None:
+        return None
+    x = _vec(step.get("input", layers[0][0], "0"))
+    loss_row = step.get("loss", "loss")
+    out_name = "" if len(layers) == 1 else layers[-1][0]
+    y_hat = _vec(step.get("activation", out_name))
+    g_out = _vec(step.get("activation_grad", out_name))
+    if x is None or y_hat is None or loss_row is None or g_out is None or x.size > max_elements:
+        return None
+    if step.get("input", layers[0][0], "0")["shape"][0] != 1:
+        return None  # a batch of one only: the hand calculation of the tutorial
+    simple = len(layers) == 1 and y_hat.size == 1  # the tutorial's ŷ = w₁x₁ + w₂x₂ + b
+    lines = ["**Forward pass.** The input is " + _assign("x", x, simple) + "."]
+    values = {"x": x}
+    a, a_sym = x, "x"
+    for name, kind in layers:
+        out = _vec(step.get("activation", name if len(layers) > 1 else ""))
+        if out is None or out.size > max_elements:
+            return None
+        if kind == "Linear":
+            w = _vec(step.get("param", _pname(name, "weight")))
+            b = _vec(step.get("param", _pname(name, "bias")))
+            if w is None:
+                return None
+            w = w.reshape(out.size, a.size)
+            lines += _linear_forward(name, a, a_sym, w, b, out, simple)
+        else:
+            lines += _activation_forward(name, kind, a, out)
+        a, a_sym = out, ("ŷ" if simple else _sym(name))
+        values[name] = out
+    loss = float(_vec(loss_row)[0])
+    loss_lines = _loss(str(loss_row["module_type"]), y_hat, g_out, loss, simple)
+    if loss_lines is None:
+        return None
+    lines += loss_lines
+    mse_e = None
+    if simple and str(loss_row["module_type"]).startswith("MseLoss"):
+        mse_e = float(g_out[0]) / 2  # ∂L/∂ŷ = 2e with N = 1
+    lines += _backward(step, layers, x, g_out, simple, mse_e)
+    return lines
+
+
+def _pname(module: str, param: str) -> str:
+    return f"{module}.{param}" if module else param
+
+
+def _sym(name: str) -> str:
+    return f"h[{name}]" if name else "ŷ"
+
+
+def _assign(sym: str, v: np.ndarray, simple: bool) -> str:
+    if v.size == 1:
+        return f"{sym} = {num(v[0])}"
+    if simple:
+        return ", ".join(f"{sym}{str(i + 1).translate(_SUB)} = {num(x)}" for i, x in enumerate(v))
+    return f"{sym} = [{', '.join(num(x) for x in v)}]"
+
+
+def _layers(df: pd.DataFrame) -> list[tuple[str, str]] | None:
+    acts = df[df.kind == "activation"]
+    types = dict(zip(acts.name, acts.module_type))
+    if types.get("") == "Linear":
+        return [("", "Linear")]
+    if types.get("") != "Sequential":
+        return None
+    children = [n for n in types if n and "." not in n]
+    if not children or not all(n.isdigit() for n in children):
+        return None
+    layers = [(n, types[n]) for n in sorted(children, key=int)]
+    if not all(t == "Linear" or t in _ACTIVATIONS for _, t in layers):
+        return None
+    return layers
+
+
+def _linear_forward(name, a, a_sym, w, b, out, simple) -> list[str]:
+    lines = []
+    for j in range(out.size):
+        if simple:
+            terms = " + ".join(f"w{str(i + 1).translate(_SUB)}x{str(i + 1).translate(_SUB)}" for i in range(a.size))
+            symbolic = f"ŷ = {terms}" + (" + b" if b is not None else "")
+        else:
+            terms = " + ".join(f"{_pname(name, 'weight')}[{j},{i}]·{a_sym}[{i}]" for i in range(a.size))
+            symbolic = f"{_sym(name)}[{j}] = {terms}" + (f" + {_pname(name, 'bias')}[{j}]" if b is not None else "")
+        numbers = " + ".join(f"{arg(w[j, i])}·{arg(a[i])}" for i in range(a.size))
+        if b is not None:
+            numbers += f" + {arg(b[j])}"
+        got = float(w[j] @ a + (b[j] if b is not None else 0.0))
+        lines.append(f"- {symbolic} = {numbers} = {num(got)} {_ok(got, out[j])}")
+    if simple:
+        lines.insert(0, "The prediction is the weighted sum of the inputs plus the bias:")
+    return lines
+
+
+def _activation_forward(name, kind, z, out) -> list[str]:
+    lines = []
+    for j in range(out.size):
+        if kind == "ReLU":
+            got, text = max(0.0, z[j]), f"max(0, {num(z[j])})"
+        elif kind == "Sigmoid":
+            got, text = 1 / (1 + math.exp(-z[j])), f"1 / (1 + e^{arg(-z[j])})"
+        else:
+            got, text = math.tanh(z[j]), f"tanh({num(z[j])})"
+        lines.append(f"- {_sym(name)}[{j}] = {kind}: {text} = {num(got)} {_ok(got, out[j])}")
+    return lines
+
+
+def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) -> list[str] | None:
+    n = y_hat.size
+    p = "ŷ" if simple else "ŷ"
+    if fn.startswith("MseLoss"):
+        for reduction, scale in (("mean", n), ("sum", 1)):
+            y = y_hat - g * scale / 2
+            e = y_hat - y
+            got = float(np.sum(e * e) / (n if reduction == "mean" else 1))
+            if math.isclose(got, loss, rel_tol=1e-9, abs_tol=1e-12):
+                break
+        else:
+            return None
+        lines = [
+            f"**Loss.** The target is {_assign('y', y, simple)}"
+            " (recovered from the traced gradient: the target is not a model input).",
+            f"The model predicted {num(y_hat[0]) if n == 1 else 'ŷ'}; the error is e = ŷ − y"
+            + (f" = {num(y_hat[0])} − {arg(y[0])} = {num(e[0])}." if n == 1 else "."),
+        ]
+        if n == 1:
+            lines.append(
+                f"Mean squared error with N = 1: L = (ŷ − y)² = ({num(y_hat[0])} − {arg(y[0])})² = "
+                f"{num(got)} {_ok(got, loss)}"
+            )
+        else:
+            lines.append(f"Mean squared error: L = 1/N · Σ (ŷᵢ − yᵢ)² = {num(got)} {_ok(got, loss)}")
+        k = "2" if reduction == "sum" else ("2" if n == 1 else f"2/{n}")
+        lines.append(f"**Gradients by the chain rule.** ∂L/∂e = {k}·e, ∂e/∂ŷ = 1, so ∂L/∂ŷ = {k}·e:")
+        for i in range(n):
+            got_g = float(e[i]) * (2 if reduction == "sum" else 2 / n)
+            label = "ŷ" if n == 1 else f"ŷ[{i}]"
+            lines.append(f"- ∂L/∂{label} = {k}·{arg(e[i])} = {num(got_g)} {_ok(got_g, g[i])}")
+        return lines
+    if fn.startswith("L1Loss"):
+        return [
+            f"**Loss.** Mean absolute error: L = 1/N · Σ |ŷᵢ − yᵢ| = {num(loss)} (traced).",
+            "**Gradients by the chain rule.** ∂L/∂ŷᵢ = sign(ŷᵢ − yᵢ)/N: "
+            + ", ".join(num(v) for v in g)
+            + " (traced).",
+        ]
+    if fn.startswith("BinaryCrossEntropyBackward"):
+        y = y_hat - g * y_hat * (1 - y_hat) * n
+        with np.errstate(divide="ignore"):
+            terms = y * np.log(y_hat) + (1 - y) * np.log(1 - y_hat)
+        got = float(-np.mean(terms))
+        return [
+            f"**Loss.** The target is {_assign('y', np.round(y, 12), simple)} (recovered from the traced gradient).",
+            f"Binary cross-entropy: L = −1/N · Σ [y·log ŷ + (1 − y)·log(1 − ŷ)] = {num(got)} {_ok(got, loss)}",
+            "**Gradients by the chain rule.** ∂L/∂ŷ = (ŷ − y) / (ŷ(1 − ŷ)·N): "
+            + ", ".join(f"{num(v)}" for v in g)
+            + ".",
+        ]
+    if fn.startswith("NllLoss") and g.size == y_hat.size:
+        z = y_hat - y_hat.max()
+        soft = np.exp(z) / np.exp(z).sum()
+        onehot = soft - g
+        cls = int(np.argmax(onehot))
+        got = float(-np.log(soft[cls]))
+        return [
+            f"**Loss.** The target class is {cls} (recovered from the traced gradient).",
+            f"Cross-entropy: L = −log softmax(ŷ)[{cls}] = −log {num(soft[cls])} = {num(got)} {_ok(got, loss)}",
+            "**Gradients by the chain rule.** ∂L/∂ŷ = softmax(ŷ) − onehot(y) = "
+            + ", ".join(f"{num(s)} − {int(i == cls)}" for i, s in enumerate(soft))
+            + f" = [{', '.join(num(v) for v in g)}] ✓",
+        ]
+    return None
+
+
+def _backward(step: _Step, layers, x, g_out, simple, mse_e: float | None = None) -> list[str]:
+    lines = []
+    delta = g_out
+    for k in range(len(layers) - 1, -1, -1):
+        name, kind = layers[k]
+        prev = x if k == 0 else _vec(step.get("activation", layers[k - 1][0]))
+        a_sym = "x" if k == 0 else _sym(layers[k - 1][0])
+        if kind == "Linear":
+            w_grad = _vec(step.get("grad", _pname(name, "weight")))
+            b_grad = _vec(step.get("grad", _pname(name, "bias")))
+            if w_grad is None:
+                return lines
+            w_grad = w_grad.reshape(delta.size, prev.size)
+            for j in range(delta.size):
+                for i in range(prev.size):
+                    got = float(delta[j] * prev[i])
+                    if simple and mse_e is not None:  # the tutorial's form: 2e·x₁
+                        sub = str(i + 1).translate(_SUB)
+                        lines.append(
+                            f"- ∂L/∂w{sub} = ∂L/∂e · ∂e/∂ŷ · ∂ŷ/∂w{sub} = 2e·1·x{sub} = 2·{arg(mse_e)}·{arg(prev[i])} = "
+                            f"{num(got)} {_ok(got, w_grad[j, i])}"
+                        )
+                    elif simple:
+                        sub = str(i + 1).translate(_SUB)
+                        lines.append(
+                            f"- ∂L/∂w{sub} = ∂L/∂ŷ · ∂ŷ/∂w{sub} = ∂L/∂ŷ · x{sub} = {arg(delta[j])}·{arg(prev[i])} = "
+                            f"{num(got)} {_ok(got, w_grad[j, i])}"
+                        )
+                    else:
+                        lines.append(
+                            f"- ∂L/∂{_pname(name, 'weight')}[{j},{i}] = ∂L/∂{_sym(name)}[{j}] · {a_sym}[{i}] = "
+                            f"{arg(delta[j])}·{arg(prev[i])} = {num(got)} {_ok(got, w_grad[j, i])}"
+                        )
+                if b_grad is not None:
+                    got = float(delta[j])
+                    label = "b" if simple else f"{_pname(name, 'bias')}[{j}]"
+                    via = "∂L/∂ŷ · 1" if simple else f"∂L/∂{_sym(name)}[{j}]"
+                    if simple and mse_e is not None:
+                        via = f"2e = 2·{arg(mse_e)}"
+                    lines.append(f"- ∂L/∂{label} = {via} = {num(got)} {_ok(got, b_grad[j])}")
+            w = _vec(step.get("param", _pname(name, "weight")))
+            if k > 0 and w is not None:
+                delta = w.reshape(delta.size, prev.size).T @ delta
+                traced = _vec(step.get("activation_grad", layers[k - 1][0]))
+                for i, d in enumerate(delta):
+                    check = _ok(float(d), traced[i]) if traced is not None else ""
+                    lines.append(f"- ∂L/∂{a_sym}[{i}] = Σⱼ {_pname(name, 'weight')}[j,{i}]·∂L/∂{_sym(name)}[j] = {num(d)} {check}")
+        else:
+            z = prev
+            out = _vec(step.get("activation", name))
+            if kind == "ReLU":
+                deriv, text = (z > 0).astype(float), "1 if z > 0 else 0"
+            elif kind == "Sigmoid":
+                deriv, text = out * (1 - out), "σ(z)(1 − σ(z))"
+            else:
+                deriv, text = 1 - out * out, "1 − tanh²(z)"
+            new = delta * deriv
+            traced = _vec(step.get("activation_grad", layers[k - 1][0])) if k > 0 else None
+            for i in range(new.size):
+                check = _ok(float(new[i]), traced[i]) if traced is not None else ""
+                lines.append(
+                    f"- ∂L/∂{a_sym}[{i}] = ∂L/∂{_sym(name)}[{i}] · ({text}) = {arg(delta[i])}·{num(deriv[i])} = "
+                    f"{num(new[i])} {check}"
+                )
+            delta = new
+    return lines

@@ -1,0 +1,168 @@
+"""A tiny document model (headings, paragraphs, lists, tables, rules) and its renderers.
+
+The report builds blocks once; text, Markdown, HTML and LaTeX are renderings of the same
+blocks, so they never disagree. HTML escapes every piece of text it did not write itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from typing import Sequence, Union
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Items:
+    items: tuple[str, ...]
+    code: bool = False  # hand arithmetic: monospace
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Formula:
+    text: str  # Unicode, one assignment a line
+    latex: str
+
+
+Block = Union[Heading, Para, Items, Table, Formula]
+
+
+def to_text(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out += ["", b.text, ("=" if b.level == 1 else "-") * min(len(b.text), 80)]
+        elif isinstance(b, Para):
+            out += ["", b.text.replace("**", "")]
+        elif isinstance(b, Items):
+            out += [""] + [f"  {item}" if b.code else f"- {item}" for item in b.items]
+        elif isinstance(b, Table):
+            out += [""] + _aligned(b)
+        elif isinstance(b, Formula):
+            out += [""] + [f"    {line}" for line in b.text.splitlines()]
+    return "\n".join(out).strip() + "\n"
+
+
+def _aligned(t: Table) -> list[str]:
+    widths = [max(len(r[i]) for r in (t.header, *t.rows)) for i in range(len(t.header))]
+    fmt = lambda row: "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
+    return [fmt(t.header), "  " + "-+-".join("-" * w for w in widths), *map(fmt, t.rows)]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out += ["#" * b.level + " " + b.text.replace("\n", " "), ""]
+        elif isinstance(b, Para):
+            out += [b.text, ""]
+        elif isinstance(b, Items):
+            out += [f"- `{i}`" if b.code else f"- {i}" for i in b.items] + [""]
+        elif isinstance(b, Table):
+            out.append("| " + " | ".join(map(_md_cell, b.header)) + " |")
+            out.append("|" + "---|" * len(b.header))
+            out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in b.rows]
+            out.append("")
+        elif isinstance(b, Formula):
+            out += ["```text", b.text, "```", ""]
+            if math:
+                out += ["$$", b.latex, "$$", ""]
+    return "\n".join(out).strip() + "\n"
+
+
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}h3{font-size:1.05rem;margin-bottom:.3rem}
+pre,code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
+pre.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
+ul.arith{list-style:none;padding-left:.8rem}table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}th{background:#f6f8fa}
+details{margin:.2rem 0 .6rem}summary{cursor:pointer;color:#57606a;font-size:.85em}
+.ok{color:#1a7f37}.bad{color:#cf222e;font-weight:600}.none{color:#9a6700}
+"""
+
+
+def _esc(text: str) -> str:
+    out = html.escape(text, quote=True)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return out.replace("✓", '<span class="ok">✓</span>').replace("✗", '<span class="bad">✗</span>')
+
+
+def to_html_body(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{_esc(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{_esc(b.text)}</p>")
+        elif isinstance(b, Items):
+            cls = ' class="arith"' if b.code else ""
+            items = "".join(f"<li>{'<code>' + _esc(i) + '</code>' if b.code else _esc(i)}</li>" for i in b.items)
+            out.append(f"<ul{cls}>{items}</ul>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{_esc(h)}</th>" for h in b.header)
+            rows = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif isinstance(b, Formula):
+            out.append(f'<pre class="rule">{_esc(b.text)}</pre>')
+            out.append(f"<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>")
+    return "\n".join(out)
+
+
+def to_html(blocks: Sequence[Block], title: str) -> str:
+    """One self-contained page: no scripts, no network, every text escaped."""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + to_html_body(blocks)
+        + "\n</body></html>\n"
+    )
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+
+
+def to_latex(blocks: Sequence[Block]) -> str:
+    """A LaTeX fragment (needs amsmath; Unicode text needs a Unicode engine or inputenc)."""
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            cmd = {1: "section*", 2: "subsection*"}.get(b.level, "subsubsection*")
+            out.append(f"\\{cmd}{{{_tex(b.text)}}}")
+        elif isinstance(b, Para):
+            out.append(re.sub(r"\\\*\\\*|\*\*", "", _tex(b.text)) + "\n")
+        elif isinstance(b, Items):
+            wrap = (lambda s: f"\\texttt{{{_tex(s)}}}") if b.code else _tex
+            out.append("\\begin{itemize}\n" + "".join(f"  \\item {wrap(i)}\n" for i in b.items) + "\\end{itemize}")
+        elif isinstance(b, Table):
+            cols = "r" * len(b.header)
+            body = " \\\\\n".join(" & ".join(_tex(c) for c in r) for r in (b.header, *b.rows))
+            out.append(f"\\begin{{tabular}}{{{cols}}}\n{body} \\\\\n\\end{{tabular}}")
+        elif isinstance(b, Formula):
+            out.append(f"\\[\n{b.latex}\n\\]")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,333 @@
+"""``tracer.report``: every traced update explained by its optimizer's rule, and checked.
+
+>>> rep = tracer.report("traces/walkthrough")          # doctest: +SKIP
+>>> print(rep)                                          # doctest: +SKIP
+...  weight[0,1]: 1 − 0.01 · (−20) = 1.2
+>>> rep.to_frame()[["step", "name", "matches"]]         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tracer._checks import UpdateCheck, build_checks
+from tracer._explain import explain_step
+from tracer._load import to_frame, trace_path
+from tracer._render import Block, Formula, Heading, Items, Para, Table
+from tracer._render import to_html as _to_html
+from tracer._render import to_latex as _to_latex
+from tracer._render import to_markdown as _to_markdown
+from tracer._render import to_text as _to_text
+from tracer._store import load_table, read_meta
+from tracer.rules._base import num
+
+FRAME_COLUMNS = [
+    "step", "name", "optimizer", "rule", "latex", "hparams", "predicted", "observed",
+    "max_abs_error", "matches", "check", "reason", "rule_class", "param_group", "dtype",
+    "grad_norm", "update_norm", "param_norm", "update_ratio",
+]  # fmt: skip
+
+
+def report(
+    trace: Any,
+    *,
+    optimizers: Sequence[type] = (),
+    step: int | Iterable[int] | slice | None = None,
+    name: str | Iterable[str] | None = None,
+    max_elements: int = 16,
+) -> "Report":
+    """Explain and check every update of a trace.
+
+    Example::
+
+        rep = tracer.report("traces/run1")
+        rep.to_frame().query("matches == False")
+        Path("report.html").write_text(rep.to_html())
+
+    Args:
+        trace: a trace directory, a ``tracer.Run``, or a DataFrame from ``tracer.load``.
+        optimizers: optimizer classes that are not in ``torch.optim``, for the replay check
+            (a report never imports a class named in a trace).
+        step: only these steps (an int, a list, or a slice).
+        name: only these parameters (names or glob patterns).
+        max_elements: tensors with at most this many elements are worked element by element.
+    """
+    if isinstance(trace, pd.DataFrame):
+        df, meta, source = _filter_steps(trace, step), {}, "DataFrame"
+    else:
+        path = trace_path(trace)
+        meta = read_meta(path)
+        df = to_frame(load_table(path, step=step))
+        source = str(path)
+    optimizer_bases = {o["class"]: list(o.get("bases", [])) for o in meta.get("optimizers", [])}
+    params = df
+    if name is not None:
+        patterns = [name] if isinstance(name, str) else list(name)
+        keep = [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in df["name"]]
+        params = df[keep]
+    checks = build_checks(params, optimizer_bases, tuple(optimizers)) if len(params) else []
+    walkthroughs: dict[int, list[str]] = {}
+    if name is None:
+        for s, rows in df.groupby("step", sort=True):
+            lines = explain_step(rows, max_elements)
+            if lines:
+                walkthroughs[int(s)] = lines
+    steps = sorted({int(s) for s in df["step"]}) if len(df) else []
+    return Report(checks, walkthroughs, steps, source=source, max_elements=max_elements)
+
+
+def _filter_steps(df: pd.DataFrame, step: Any) -> pd.DataFrame:
+    if step is None:
+        return df
+    if isinstance(step, slice):
+        lo = step.start if step.start is not None else -math.inf
+        hi = step.stop if step.stop is not None else math.inf
+        return df[(df.step >= lo) & (df.step < hi)]
+    steps = [step] if isinstance(step, int) else list(step)
+    return df[df.step.isin(steps)]
+
+
+class Report:
+    """The explained, checked updates of a trace. Render with ``str()``, ``to_markdown()``,
+    ``to_html()`` or ``to_latex()``; get the numbers with ``to_frame()``."""
+
+    def __init__(
+        self,
+        checks: list[UpdateCheck],
+        walkthroughs: dict[int, list[str]],
+        steps: list[int],
+        *,
+        source: str,
+        max_elements: int,
+    ) -> None:
+        self.checks = checks
+        self.walkthroughs = walkthroughs
+        self.steps = steps
+        self.source = source
+        self.max_elements = max_elements
+
+    # -- numbers ---------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (step, parameter) update; see ``FRAME_COLUMNS``."""
+        records = []
+        for c in self.checks:
+            ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+            records.append(
+                {
+                    "step": c.step, "name": c.name, "optimizer": c.optimizer, "rule": c.rule,
+                    "latex": c.latex, "hparams": c.hparams, "predicted": c.predicted,
+                    "observed": c.observed, "max_abs_error": c.max_abs_error, "matches": c.matches,
+                    "check": c.check, "reason": c.reason, "rule_class": c.rule_class,
+                    "param_group": c.param_group, "dtype": c.dtype,
+                    "grad_norm": c.norms.get("grad"), "update_norm": c.norms.get("update"),
+                    "param_norm": c.norms.get("param"), "update_ratio": ratio,
+                }  # fmt: skip
+            )
+        frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
+        frame["matches"] = frame["matches"].astype(object)
+        return frame
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many updates matched, differed, and could not be checked."""
+        return {
+            "matched": sum(c.matches is True for c in self.checks),
+            "differ": sum(c.matches is False for c in self.checks),
+            "unchecked": sum(c.matches is None for c in self.checks),
+        }
+
+    # -- renderings -------------------------------------------------------------
+    def blocks(self) -> list[Block]:
+        """The report as renderer-neutral blocks."""
+        n = self.counts
+        out: list[Block] = [Heading(1, f"tracer report: {self.source}")]
+        optimizers = sorted({c.optimizer for c in self.checks})
+        out.append(
+            Para(
+                f"{len(self.steps)} step(s), {len(self.checks)} update(s)"
+                + (f" by {', '.join(optimizers)}" if optimizers else "")
+                + f": ✓ {n['matched']} match their rule, ✗ {n['differ']} differ, "
+                f"– {n['unchecked']} could not be checked."
+            )
+        )
+        by_step: dict[int, list[UpdateCheck]] = {}
+        for c in self.checks:
+            by_step.setdefault(c.step, []).append(c)
+        for step in self.steps:
+            checks = by_step.get(step, [])
+            if not checks and step not in self.walkthroughs:
+                continue
+            out.append(Heading(2, f"Step {step}"))
+            walk = self.walkthroughs.get(step)
+            if walk:
+                out += _walk_blocks(walk)
+            if checks:
+                out.append(Para("**Updates.** Each parameter's update, by its optimizer's rule:"))
+                for c in checks:
+                    out += self._update_blocks(c)
+                table = _summary_table(checks, self.max_elements)
+                if table is not None:
+                    out += [Para("Summary of the step:"), table]
+        return out
+
+    def _update_blocks(self, c: UpdateCheck) -> list[Block]:
+        status = _status(c)
+        out: list[Block] = [Heading(3, f"{c.name} ({c.optimizer}{_group(c)}): {status}")]
+        rule = c.rule_object
+        if c.rule is not None and rule is not None:
+            via = f" (the rule of {c.rule_class}, its base class)" if c.rule_class != c.optimizer else ""
+            out.append(Formula(c.rule, c.latex or ""))
+            shown = [
+                f"{sym} = {_hparam(c.hparams[k])} ({k})"
+                for k, sym in rule.symbols.items()
+                if k in c.hparams and sym in c.rule
+            ]
+            if shown or via:
+                out.append(Para("with " + ", ".join(shown) + via if shown else via.strip()))
+            if rule.note:
+                out.append(Para(rule.note))
+        if c.reason and c.matches is None:
+            out.append(Para(f"Not checked: {c.reason}."))
+        elif c.reason:
+            out.append(Para(c.reason))
+        numel = int(np.prod(c.shape)) if c.shape else 1
+        if c.param is not None and rule is not None and numel <= self.max_elements:
+            lines = _element_lines(c, rule)
+            if lines:
+                out.append(Items(tuple(lines), code=True))
+        else:
+            ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+            out.append(
+                Para(
+                    f"‖g‖ = {num(c.norms.get('grad', math.nan))}, ‖Δθ‖ = {num(c.norms.get('update', math.nan))}, "
+                    f"‖θ‖ = {num(c.norms.get('param', math.nan))}, ‖Δθ‖/‖θ‖ = {num(ratio)}"
+                    + (f", max |predicted − observed| = {num(c.max_abs_error)}" if c.max_abs_error is not None else "")
+                )
+            )
+        return out
+
+    def to_text(self) -> str:
+        """Plain text (what ``str(report)`` gives)."""
+        return _to_text(self.blocks())
+
+    def to_markdown(self) -> str:
+        """Markdown, with each rule also as a ``$$`` LaTeX block."""
+        return _to_markdown(self.blocks())
+
+    def to_html(self) -> str:
+        """One self-contained HTML page (no scripts, no network)."""
+        return _to_html(self.blocks(), title=f"tracer report: {self.source}")
+
+    def to_latex(self) -> str:
+        """A LaTeX fragment (amsmath)."""
+        return _to_latex(self.blocks())
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def __repr__(self) -> str:
+        n = self.counts
+        return f"<tracer.Report {self.source!r}: {len(self.checks)} updates, {n}>"
+
+    def _repr_markdown_(self) -> str:
+        return self.to_markdown()
+
+    def _repr_html_(self) -> str:
+        from tracer._render import to_html_body
+
+        return to_html_body(self.blocks())
+
+
+def _status(c: UpdateCheck) -> str:
+    if c.matches is True:
+        how = "its rule" if c.check == "rule" else "a replay of the optimizer"
+        return f"✓ matches the traced update (checked by {how}, max error {num(c.max_abs_error or 0.0)})"
+    if c.matches is False:
+        how = "rule" if c.check == "rule" else "replay"
+        return f"✗ differs from the traced update (by the {how}: max error {num(c.max_abs_error or math.inf)})"
+    return "– not checked"
+
+
+def _hparam(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return num(value)
+
+
+def _group(c: UpdateCheck) -> str:
+    return f", param group {c.param_group}" if c.param_group else ""
+
+
+def _label(name: str, shape: tuple[int, ...], flat: int) -> str:
+    if not shape:
+        return name
+    return f"{name}[{','.join(str(i) for i in np.unravel_index(flat, shape))}]"
+
+
+def _element_lines(c: UpdateCheck, rule: Any) -> list[str]:
+    param = c.param.reshape(-1)
+    grad = None if c.grad is None else c.grad.reshape(-1)
+    lines = []
+    for i in range(param.size):
+        state = {}
+        for key, value in c.state.items():
+            flat = value.reshape(-1)
+            if flat.size == param.size:
+                state[key] = float(flat[i])
+            elif flat.size == 1:
+                state[key] = float(flat[0])
+        try:
+            lines += rule.explain(
+                _label(c.name, c.shape, i), float(param[i]), None if grad is None else float(grad[i]), state, c.hparams
+            )
+        except Exception:  # noqa: BLE001 - a rule that cannot explain one element
+            return []
+    return lines
+
+
+def _summary_table(checks: list[UpdateCheck], max_elements: int) -> Table | None:
+    rows = []
+    for c in checks:
+        if c.param is None or c.param.size > max_elements:
+            continue
+        param = c.param.reshape(-1)
+        grad = c.grad.reshape(-1) if c.grad is not None else None
+        new = np.asarray(c.observed)
+        for i in range(param.size):
+            rows.append(
+                (_label(c.name, c.shape, i), num(param[i]), "–" if grad is None else num(grad[i]), num(new[i]))
+            )
+    if not rows:
+        return None
+    return Table(("parameter", "old value", "gradient", "new value"), tuple(rows))
+
+
+def _walk_blocks(lines: list[str]) -> list[Block]:
+    out: list[Block] = []
+    items: list[str] = []
+    for line in lines:
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        if items:
+            out.append(Items(tuple(items), code=True))
+            items = []
+        out.append(Para(line))
+    if items:
+        out.append(Items(tuple(items), code=True))
+    return out
+
+
+def write(report_: Report, path: str | os.PathLike[str], fmt: str = "markdown") -> Path:
+    """Write a rendering of ``report_`` to ``path``."""
+    text = {"markdown": report_.to_markdown, "html": report_.to_html, "latex": report_.to_latex, "text": report_.to_text}[fmt]()
+    out = Path(path)
+    out.write_text(text, encoding="utf-8")
+    return out
