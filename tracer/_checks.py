@@ -42,6 +42,14 @@ class UpdateCheck:
     state: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     update: np.ndarray | None = None
     norms: dict[str, float] = dataclasses.field(default_factory=dict)
+    group_size: int | None = None  # parameters updated in this param group at this step
+
+    @property
+    def rule_hparams(self) -> dict[str, Any]:
+        """The hyper-parameters a rule sees: LBFGS also needs how many parameters share ‖g‖₁."""
+        if self.group_size is None or "params" in self.hparams:
+            return self.hparams
+        return {**self.hparams, "params": self.group_size}
 
     @property
     def rule_object(self) -> rules.Rule | None:
@@ -95,6 +103,8 @@ def build_checks(
     """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state)."""
     checks = []
     rows = df[df.kind.isin(["grad", "param", "update", "state"])]
+    params = rows[rows.kind == "param"]
+    group_sizes = params.groupby(["step", "optimizer", "param_group"], dropna=False).size().to_dict()
     for (step, name), group in rows.groupby(["step", "name"], sort=False):
         by_kind = {kind: g for kind, g in group.groupby("kind")}
         if "update" not in by_kind:
@@ -117,6 +127,9 @@ def build_checks(
             "grad": float(grd["norm"]) if grd is not None else math.nan,
         }
         state_rows = by_kind.get("state")
+        # a rule may need the size of the group (LBFGS's first step scales by ‖g‖₁ of all)
+        size = group_sizes.get((step, upd["optimizer"], upd["param_group"]))
+        check.group_size = None if size is None else int(size)
         _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
         checks.append(check)
     checks.sort(key=lambda c: c.step)  # stable: training order within a step
@@ -161,7 +174,7 @@ def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
     reasons = []
     if rule is not None:
         try:
-            predicted = rule.predict(param, grad, state, check.hparams)
+            predicted = rule.predict(param, grad, state, check.rule_hparams)
         except rules.CannotPredict as exc:
             reasons.append(f"the {used} rule cannot predict this update: {exc}")
         else:

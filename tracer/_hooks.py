@@ -43,14 +43,18 @@ class Recorder:
         max_values: int | None,
         every: int,
         params: dict[torch.Tensor, ParamInfo],
-        lead_optimizer: torch.optim.Optimizer | None,
+        optimizers: list[torch.optim.Optimizer],
+        on_error: str = "raise",
     ) -> None:
         self.writer = writer
         self.kinds = kinds
         self.max_values = max_values
         self.every = every
         self.params = params
-        self.lead_optimizer = lead_optimizer
+        self.optimizers = optimizers
+        self.on_error = on_error
+        self.stopped = False  # on_error="warn" after a write failure: record nothing more
+        self.lead_optimizer = optimizers[0] if optimizers else None
         self.step = 0
         self.thread = threading.get_ident()
         self.tensor_handles: list[Any] = []
@@ -64,7 +68,7 @@ class Recorder:
     # -- rows ----------------------------------------------------------------------
     @property
     def traced(self) -> bool:
-        return self.step % self.every == 0
+        return self.step % self.every == 0 and not self.stopped
 
     def emit(
         self,
@@ -107,9 +111,20 @@ class Recorder:
         self.check_writer()
 
     def check_writer(self) -> None:
-        if self.writer.error is not None:
+        if self.writer.error is not None and not self.stopped:
             from tracer._errors import TraceWriteError
 
+            if self.on_error == "warn":
+                import warnings
+
+                self.stopped = True
+                warnings.warn(
+                    f"tracer stopped tracing: it could not write to {str(self.writer.directory)!r} "
+                    f"({self.writer.error}); training goes on untraced",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return
             raise TraceWriteError(
                 f"tracer could not write to {str(self.writer.directory)!r}: {self.writer.error}; "
                 "training itself was not changed"
@@ -131,7 +146,9 @@ class Recorder:
                 if self._forward_seen:
                     self.advance()
                 self._forward_seen = True
-            if not (selected and self.traced):
+            if not (selected and self.traced) or _in_backward():
+                # in backward = activation checkpointing recomputing this forward: the
+                # original call was recorded already, a recomputation is not a new call
                 stack.append(None)
                 return
             call = self._calls.get(name, 0)
@@ -161,7 +178,8 @@ class Recorder:
                     grad_hook = self._activation_grad_hook(name, call, part, module_type, step)
                     self.tensor_handles.append(t.register_hook(grad_hook))
 
-        return pre_hook, hook
+        # under torch.compile, run the hooks eagerly (a graph break) instead of tracing them
+        return torch.compiler.disable(pre_hook), torch.compiler.disable(hook)
 
     def _activation_grad_hook(
         self, name: str, call: int, part: str, module_type: str, step: int
@@ -170,7 +188,7 @@ class Recorder:
             with torch.no_grad():
                 self.emit("activation_grad", name, call, part, module_type, grad, step=step)
 
-        return grad_hook
+        return torch.compiler.disable(grad_hook)
 
     # -- backward ------------------------------------------------------------------
     def on_backward(self, tensors: Any) -> None:
@@ -187,6 +205,19 @@ class Recorder:
                     self.emit("loss", "loss", call, str(i), _grad_fn_name(t), t)
 
     # -- optimizer -----------------------------------------------------------------
+    def on_skipped_step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+        """A GradScaler skipped ``optimizer.step()`` (inf/NaN gradients): mark it, move on."""
+        if optimizer not in self.optimizers:
+            return
+        if self.traced:
+            with torch.no_grad():
+                self.emit(
+                    "skipped", type(optimizer).__name__, 0, "found_inf", None, found_inf,
+                    optimizer=type(optimizer).__name__,
+                )  # fmt: skip
+        if optimizer is self.lead_optimizer:
+            self.advance()
+
     def optimizer_hooks(
         self, optimizer: torch.optim.Optimizer
     ) -> tuple[Callable[..., None], Callable[..., None]]:
@@ -234,6 +265,10 @@ class Recorder:
                 self.advance()
 
         return pre_hook, post_hook
+
+
+def _in_backward() -> bool:
+    return torch._C._current_autograd_node() is not None
 
 
 def _grad_fn_name(tensor: torch.Tensor) -> str | None:
@@ -290,6 +325,21 @@ def _make_patched_backward(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _installed: Callable[..., Any] | None = None
+_scaler_original: Callable[..., Any] | None = None
+
+
+def _make_patched_opt_step(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def _maybe_opt_step(scaler: Any, optimizer: Any, optimizer_state: dict, *args: Any, **kwargs: Any) -> Any:
+        found = sum(v.item() for v in optimizer_state["found_inf_per_device"].values())
+        if found:
+            me = threading.get_ident()
+            for recorder in tuple(_active):
+                if recorder.thread == me:
+                    recorder.on_skipped_step(optimizer, torch.tensor(float(found)))
+        return original(scaler, optimizer, optimizer_state, *args, **kwargs)
+
+    return _maybe_opt_step
 
 
 def activate(recorder: Recorder) -> None:
@@ -302,6 +352,7 @@ def activate(recorder: Recorder) -> None:
         if not _active:
             _installed = _make_patched_backward(torch.autograd.backward)
             torch.autograd.backward = _installed
+            _patch_scaler()
         _active.append(recorder)
 
 
@@ -315,3 +366,20 @@ def deactivate(recorder: Recorder) -> None:
             if torch.autograd.backward is _installed:  # someone patched on top: leave theirs
                 torch.autograd.backward = _installed.__wrapped__
             _installed = None
+            _unpatch_scaler()
+
+
+def _patch_scaler() -> None:
+    """GradScaler skips ``optimizer.step()`` on inf/NaN gradients; see that it did."""
+    global _scaler_original
+    scaler = torch.amp.GradScaler
+    _scaler_original = scaler.__dict__.get("_maybe_opt_step")
+    if _scaler_original is not None:
+        scaler._maybe_opt_step = _make_patched_opt_step(_scaler_original)
+
+
+def _unpatch_scaler() -> None:
+    global _scaler_original
+    if _scaler_original is not None:
+        torch.amp.GradScaler._maybe_opt_step = _scaler_original
+    _scaler_original = None

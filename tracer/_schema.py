@@ -7,8 +7,9 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 """Bumped whenever a column is added, removed or changes meaning."""
 
-KINDS = ("input", "activation", "activation_grad", "loss", "grad", "param", "update", "state")
-"""Every kind of row, in the order they happen within a step."""
+KINDS = ("input", "activation", "activation_grad", "loss", "grad", "param", "update", "state", "skipped")
+"""Every kind of row, in the order they happen within a step. ``skipped`` marks an
+optimizer step that a GradScaler skipped (inf/NaN gradients): no update happened."""
 
 META_FILE = "_tracer.json"
 """Marks a directory as a trace; starts with ``_`` so Parquet readers skip it."""

@@ -40,6 +40,7 @@ def trace(
     exclude: str | Iterable[str] | None = None,
     overwrite: bool = False,
     flush_seconds: float = 1.0,
+    on_error: str = "raise",
 ) -> "Run":
     """Trace a training loop into a Parquet dataset at ``path``.
 
@@ -66,6 +67,9 @@ def trace(
         exclude: glob pattern(s) on module/parameter names not to trace.
         overwrite: replace a trace already at ``path`` (files that are not a trace's are kept).
         flush_seconds: the longest time rows wait in memory before they are on disk.
+        on_error: when the trace cannot be written (disk full, directory removed):
+            ``"raise"`` a ``TraceWriteError`` at the next step boundary, or ``"warn"`` once
+            and stop tracing while training goes on.
 
     Raises:
         TypeError: ``model`` is not a module or ``optimizer`` not an optimizer.
@@ -86,7 +90,10 @@ def trace(
         raise TypeError(f"overwrite must be True or False (got {overwrite!r})")
     if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
         raise ValueError(f"flush_seconds must be a number > 0 (got {flush_seconds!r})")
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn' (got {on_error!r})")
     root = unwrap(model)
+    _refuse_sharded(root)
     if path is None:
         path = _default_path(root)
     elif not isinstance(path, (str, os.PathLike)):
@@ -102,6 +109,7 @@ def trace(
         exclude=exclude_patterns,
         overwrite=overwrite,
         flush_seconds=float(flush_seconds),
+        on_error=on_error,
     )
     run._check_path()
     return run
@@ -128,8 +136,10 @@ class Run:
         exclude: list[str],
         overwrite: bool,
         flush_seconds: float,
+        on_error: str = "raise",
     ) -> None:
         self.path = path
+        self._on_error = on_error
         self._model = model
         self._optimizers = optimizers
         self._kinds = kinds
@@ -173,7 +183,8 @@ class Run:
             max_values=self._max_values,
             every=self._every,
             params=self._param_infos(),
-            lead_optimizer=self._optimizers[0] if self._optimizers else None,
+            optimizers=self._optimizers,
+            on_error=self._on_error,
         )
         _traced_modules.add(self._model)
         self._state = "running"
@@ -199,7 +210,7 @@ class Run:
                 write_json_atomic(self.path / META_FILE, self._meta(complete=True))
             except OSError as exc:
                 error = exc
-        if error is not None and exc_type is None:
+        if error is not None and exc_type is None and self._on_error == "raise":
             from tracer._errors import TraceWriteError
 
             raise TraceWriteError(f"tracer could not write to {str(self.path)!r}: {error}") from error
@@ -324,6 +335,23 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             model = model.module
             continue
         return model
+
+
+def _refuse_sharded(model: torch.nn.Module) -> None:
+    """FSDP shards parameters across ranks: refuse rather than record shards as if whole."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # torch built without distributed
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, (FSDPModule, FullyShardedDataParallel)):
+            where = f"module {name!r}" if name else "the model"
+            raise NotImplementedError(
+                f"{where} is sharded by FSDP, which tracer does not support yet: its parameters, "
+                "gradients and optimizer state hold one rank's shard, so values would be silently "
+                "partial. Trace the model without FSDP (e.g. on one process, or under "
+                "DistributedDataParallel) to record it."
+            )
 
 
 def _optimizer_meta(opt: torch.optim.Optimizer) -> dict[str, Any]:

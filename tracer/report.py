@@ -285,7 +285,7 @@ def _element_lines(c: UpdateCheck, rule: Any) -> list[str]:
                 state[key] = float(flat[0])
         try:
             lines += rule.explain(
-                _label(c.name, c.shape, i), float(param[i]), None if grad is None else float(grad[i]), state, c.hparams
+                _label(c.name, c.shape, i), float(param[i]), None if grad is None else float(grad[i]), state, c.rule_hparams
             )
         except Exception:  # noqa: BLE001 - a rule that cannot explain one element
             return []

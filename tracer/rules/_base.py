@@ -1,9 +1,10 @@
 """The `Rule` record, the `CannotPredict` error, and helpers the rule modules share.
 
-Every rule module follows the same shape: ``_compute`` replays torch's
-``_single_tensor_*`` step on float64 tensors and returns the named
+Every elementwise rule module follows the same shape: ``_compute`` replays
+torch's ``_single_tensor_*`` step on float64 tensors and returns the named
 intermediates; ``predict`` keeps the new parameter; ``explain`` runs the same
-``_compute`` on one element and writes the arithmetic out.
+``_compute`` on one element (0-d tensors) and writes the arithmetic out, so
+its last number is predict's value for that element.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class CannotPredict(Exception):
     """A rule cannot reproduce this update from one parameter's values and state."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: rules hold functions
 class Rule:
     """The update rule of one torch.optim optimizer: text, LaTeX, predict and explain.
 
@@ -45,7 +46,7 @@ class Rule:
     latex: Callable[[dict], str]
     predict: Predict
     explain: Explain
-    symbols: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    symbols: dict[str, str] = dataclasses.field(default_factory=dict)
     note: str = ""
 
 
