@@ -31,6 +31,7 @@ def load(
     name: str | Iterable[str] | None = None,
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
+    errors: str = "raise",
 ) -> "pandas.DataFrame":
     """Load a trace as a DataFrame, one row per captured tensor, in training order.
 
@@ -48,11 +49,12 @@ def load(
         name: module/parameter name(s); glob patterns (``"fc*.weight"``) are allowed.
         step: a step, a list/range of steps, or a slice (``slice(10, 20)``).
         columns: the columns to read (default: all).
+        errors: ``"raise"`` (default) on a corrupt data file, or ``"skip"`` it with a warning.
 
     Raises:
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
     """
-    table = load_table(trace_path(trace), kind=kind, name=name, step=step, columns=columns)
+    table = load_table(trace_path(trace), kind=kind, name=name, step=step, columns=columns, errors=errors)
     return to_frame(table)
 
 

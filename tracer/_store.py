@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -283,8 +284,13 @@ def data_files(path: Path) -> list[Path]:
     return sorted(files)
 
 
-def check_trace_dir(path: Path) -> list[Path]:
-    """Validate ``path`` as a trace and return its data files, or raise TraceFormatError."""
+def check_trace_dir(path: Path, errors: str = "raise") -> list[Path]:
+    """Validate ``path`` as a trace and return its data files, or raise TraceFormatError.
+
+    With ``errors="skip"``, unreadable data files are left out with a warning instead.
+    """
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip' (got {errors!r})")
     if not path.exists():
         raise TraceFormatError(f"no trace at {str(path)!r}: the path does not exist")
     if not path.is_dir():
@@ -295,9 +301,17 @@ def check_trace_dir(path: Path) -> list[Path]:
         raise TraceFormatError(
             f"{str(path)!r} is not a trace: it has neither {META_FILE} nor data files"
         )
+    good = []
     for file in files:
-        _check_file(file)
-    return files
+        try:
+            _check_file(file)
+        except TraceFormatError as exc:
+            if errors == "raise":
+                raise
+            warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=4)
+            continue
+        good.append(file)
+    return good
 
 
 def _check_file(file: Path) -> None:
@@ -345,9 +359,10 @@ def load_table(
     name: str | Iterable[str] | None = None,
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
+    errors: str = "raise",
 ) -> pa.Table:
     """Read a trace as an Arrow table in training order, with filters pushed into the reader."""
-    files = check_trace_dir(path)
+    files = check_trace_dir(path, errors)
     if columns is not None:
         unknown = [c for c in columns if c not in COLUMNS]
         if unknown:
