@@ -185,9 +185,9 @@ class Report:
             via = f" (the rule of {c.rule_class}, its base class)" if c.rule_class != c.optimizer else ""
             out.append(Formula(c.rule, c.latex or ""))
             shown = [
-                f"{sym} = {_hparam(c.hparams[k])} ({k})"
+                _show_hparam(sym, k, c.hparams[k])
                 for k, sym in rule.symbols.items()
-                if k in c.hparams and sym in c.rule
+                if k in c.hparams and any(part.strip() in c.rule for part in sym.split(","))
             ]
             if shown or via:
                 out.append(Para("with " + ", ".join(shown) + via if shown else via.strip()))
@@ -253,6 +253,14 @@ def _status(c: UpdateCheck) -> str:
         how = "rule" if c.check == "rule" else "replay"
         return f"✗ differs from the traced update (by the {how}: max error {num(c.max_abs_error or math.inf)})"
     return "– not checked"
+
+
+def _show_hparam(symbol: str, key: str, value: Any) -> str:
+    """``γ = 0.01 (lr)``; a pair such as betas: ``β₁ = 0.9, β₂ = 0.999 (betas)``."""
+    symbols = [part.strip() for part in symbol.split(",")]
+    if isinstance(value, (list, tuple)) and len(value) == len(symbols) > 1:
+        return ", ".join(f"{s} = {_hparam(v)}" for s, v in zip(symbols, value)) + f" ({key})"
+    return f"{symbol} = {_hparam(value)} ({key})"
 
 
 def _hparam(value: Any) -> str:

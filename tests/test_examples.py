@@ -1,0 +1,41 @@
+"""The examples run, and say what they promise."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _run(script: str, *args: str, capsys) -> str:
+    argv = sys.argv
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return capsys.readouterr().out
+
+
+def test_walkthrough_prints_the_tutorial_numbers(tmp_path, capsys):
+    out = _run("walkthrough.py", str(tmp_path / "w"), capsys=capsys)
+    for expected in ["ŷ = w₁x₁ + w₂x₂ + b = 1·1 + 1·2 + 0 = 3 ✓", "L = (ŷ − y)² = (3 − 8)² = 25 ✓",
+                     "weight[0,1]: 1 − 0.01 · (−20) = 1.2", "bias[0]: 0 − 0.01 · (−10) = 0.1",
+                     "✓ 2 match their rule"]:  # fmt: skip
+        assert expected in out
+
+
+def test_optimizers_example_checks_every_update(tmp_path, capsys):
+    out = _run("optimizers.py", str(tmp_path / "o"), capsys=capsys)
+    assert 3 == out.count("every update checked: True")
+    assert "β₁ = 0.9, β₂ = 0.999 (betas)" in out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.startswith("test_")))
+def test_every_example_is_documented(script):
+    text = (EXAMPLES / script).read_text()
+    assert text.startswith('"""') and "Run:" in text, f"{script} needs a docstring saying how to run it"
