@@ -6,6 +6,7 @@
 >>> tracer.load("traces/run1", kind="grad")  # doctest: +SKIP
 """
 
+from tracer._diff import Divergence, diff
 from tracer._errors import TraceFormatError, TracerError, TraceWriteError
 from tracer._load import load
 from tracer._schema import KINDS, SCHEMA_VERSION
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALL",
     "DEFAULT_MAX_VALUES",
+    "Divergence",
     "KINDS",
     "SCHEMA_VERSION",
     "Report",
@@ -25,6 +27,7 @@ __all__ = [
     "TraceWriteError",
     "TracerError",
     "__version__",
+    "diff",
     "load",
     "report",
     "trace",

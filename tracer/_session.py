@@ -6,6 +6,7 @@ import datetime as _dt
 import fnmatch
 import os
 import platform
+import sys
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -339,10 +340,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def _refuse_sharded(model: torch.nn.Module) -> None:
     """FSDP shards parameters across ranks: refuse rather than record shards as if whole."""
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-    except ImportError:  # torch built without distributed
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:  # a sharded model has imported it already; importing it here is costly
         return
+    FSDPModule = getattr(fsdp, "FSDPModule", ())
+    FullyShardedDataParallel = getattr(fsdp, "FullyShardedDataParallel", ())
     for name, module in model.named_modules():
         if isinstance(module, (FSDPModule, FullyShardedDataParallel)):
             where = f"module {name!r}" if name else "the model"

@@ -38,7 +38,7 @@ FRAME_COLUMNS = [
 def report(
     trace: Any,
     *,
-    optimizers: Sequence[type] = (),
+    optimizers: Sequence[type] | None = None,
     step: int | Iterable[int] | slice | None = None,
     name: str | Iterable[str] | None = None,
     max_elements: int = 16,
@@ -72,7 +72,7 @@ def report(
         patterns = [name] if isinstance(name, str) else list(name)
         keep = [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in df["name"]]
         params = df[keep]
-    checks = build_checks(params, optimizer_bases, tuple(optimizers)) if len(params) else []
+    checks = build_checks(params, optimizer_bases, tuple(optimizers or ())) if len(params) else []
     walkthroughs: dict[int, list[str]] = {}
     if name is None:
         for s, rows in df.groupby("step", sort=True):
@@ -80,7 +80,10 @@ def report(
             if lines:
                 walkthroughs[int(s)] = lines
     steps = sorted({int(s) for s in df["step"]}) if len(df) else []
-    return Report(checks, walkthroughs, steps, source=source, max_elements=max_elements)
+    skipped = df[df.kind == "skipped"]
+    report_ = Report(checks, walkthroughs, steps, source=source, max_elements=max_elements)
+    report_.skipped = {int(s): str(n) for s, n in zip(skipped["step"], skipped["name"])}
+    return report_
 
 
 def _filter_steps(df: pd.DataFrame, step: Any) -> pd.DataFrame:
@@ -112,6 +115,7 @@ class Report:
         self.steps = steps
         self.source = source
         self.max_elements = max_elements
+        self.skipped: dict[int, str] = {}  # step -> optimizer whose step a GradScaler skipped
 
     # -- numbers ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -162,9 +166,16 @@ class Report:
             by_step.setdefault(c.step, []).append(c)
         for step in self.steps:
             checks = by_step.get(step, [])
-            if not checks and step not in self.walkthroughs:
+            if not checks and step not in self.walkthroughs and step not in self.skipped:
                 continue
             out.append(Heading(2, f"Step {step}"))
+            if step in self.skipped:
+                out.append(
+                    Para(
+                        f"⚠ The GradScaler skipped {self.skipped[step]}.step() at this step: the "
+                        "gradients held inf/NaN, so no parameter was updated."
+                    )
+                )
             walk = self.walkthroughs.get(step)
             if walk:
                 out += _walk_blocks(walk)

@@ -1,0 +1,259 @@
+"""The ``tracer`` command line: in-process through ``main()``, and a few real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _reference import make_reference, train_reference
+
+import tracer
+from tracer._cli import main
+
+
+def make_trace(path, *, steps=2, lr=0.01, nan_at=None):
+    """The reference example (tests/_reference.py); ``nan_at``: poison the target at that step."""
+    model, x, y, loss_fn, optimizer = make_reference()
+    optimizer.param_groups[0]["lr"] = lr
+    with tracer.trace(model, optimizer, path=path) as run:
+        for step in range(steps):
+            target = torch.full_like(y, float("nan")) if step == nan_at else y
+            train_reference(model, x, target, loss_fn, optimizer)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {
+        "ref": make_trace(root / "ref"),
+        "same": make_trace(root / "same"),
+        "lr": make_trace(root / "lr", lr=0.02),
+        "three": make_trace(root / "three", steps=3),
+        "nan": make_trace(root / "nan", steps=3, nan_at=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory):
+    """Paths that are not readable traces, by what is wrong with them."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty").mkdir()
+    (root / "other").mkdir()
+    (root / "other" / "notes.txt").write_text("not a trace\n")
+    (root / "file.txt").write_text("not a directory\n")
+    corrupt = root / "corrupt"
+    make_trace(corrupt, steps=1)
+    next(corrupt.glob("*.parquet")).write_bytes(b"PAR1 this is not parquet")
+    return {
+        "missing": (root / "missing", "does not exist"),
+        "empty directory": (root / "empty", "is not a trace"),
+        "other directory": (root / "other", "is not a trace"),
+        "file": (root / "file.txt", "is not a trace"),
+        "corrupt parquet": (corrupt, "corrupt trace file"),
+    }
+
+
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def test_summary(capsys, traces):
+    code, out, err = run_main(capsys, "summary", traces["ref"])
+    assert (0, "") == (code, err)
+    assert "steps      2 (0 to 1)" in out
+    assert "rows       20;" in out and "on disk" in out
+    assert "grad 4" in out and "update 4" in out
+    assert "grad             weight, bias" in out
+    assert "non-finite none" in out
+    assert "25" in out and "19.36" in out  # loss per step
+    assert "22.3607" in out and "0.223607" in out  # grad and update norms of weight
+
+
+def test_summary_json(capsys, traces):
+    code, out, _ = run_main(capsys, "summary", traces["ref"], "--json")
+    data = json.loads(out)
+    assert 0 == code
+    assert [0, 1] == data["steps"]
+    assert 20 == data["rows"] and data["bytes"] > 0
+    assert [{"step": 0, "loss": 25.0, "calls": 1}, {"step": 1, "loss": 19.36, "calls": 1}] == [
+        {**r, "loss": round(r["loss"], 10)} for r in data["loss"]
+    ]
+    weight = next(p for p in data["parameters"] if p["name"] == "weight")
+    assert 500 == round(weight["grad"]["first"] ** 2)
+    assert data["first_nonfinite"] is None
+
+
+def test_summary_first_nonfinite(capsys, traces):
+    code, out, _ = run_main(capsys, "summary", traces["nan"])
+    assert 0 == code
+    assert "non-finite first at step 1: loss call 0, 1 of 1 elements, first at index () = nan" in out
+    code, out, _ = run_main(capsys, "summary", traces["nan"], "--json")
+    data = json.loads(out, parse_constant=pytest.fail)  # strict JSON: no bare NaN
+    assert {"step": 1, "kind": "loss", "value": "nan"}.items() <= data["first_nonfinite"].items()
+    assert "nan" == data["loss"][1]["loss"]
+
+
+def test_summary_of_a_long_run_elides_the_middle_steps(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "summary", make_trace(tmp_path / "long", steps=25))
+    assert 0 == code
+    loss_table = out.split("loss per step")[1].split("norms per parameter")[0]
+    assert "  ...\n" in loss_table
+    assert 21 == len([line for line in loss_table.splitlines() if line.strip()[:1].isdigit()]) + 1
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def test_diff_close(capsys, traces):
+    code, out, err = run_main(capsys, "diff", traces["ref"], traces["same"])
+    assert (0, "") == (code, err)
+    assert out.startswith("no divergence")
+
+
+def test_diff_divergence(capsys, traces):
+    code, out, _ = run_main(capsys, "diff", traces["ref"], traces["lr"])
+    assert 1 == code
+    assert f"a: {traces['ref']}" in out
+    assert "traces diverge at step 0: update 'weight' call 0: values differ at index (0, 0)" in out
+    assert "10 later rows also differ" in out
+
+
+def test_diff_options(capsys, traces):
+    assert 0 == run_main(capsys, "diff", traces["ref"], traces["lr"], "--atol", "10", "--rtol", "0")[0]
+    code, out, _ = run_main(capsys, "diff", traces["ref"], traces["lr"], "--kind", "loss", "--kind", "grad")
+    assert 1 == code and "step 1: loss" in out
+
+
+def test_diff_missing_step(capsys, traces):
+    code, out, _ = run_main(capsys, "diff", traces["three"], traces["ref"])
+    assert 1 == code
+    assert "traces diverge at step 2" in out and "b has no step 2" in out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_markdown(capsys, traces):
+    code, out, err = run_main(capsys, "report", traces["ref"])
+    assert (0, "") == (code, err)
+    assert "weight" in out and "SGD" in out
+
+
+def test_report_html_to_file(capsys, traces, tmp_path):
+    target = tmp_path / "report.html"
+    code, out, _ = run_main(capsys, "report", traces["ref"], "--format", "html", "-o", target, "--step", "0")
+    assert 0 == code
+    assert f"wrote {target}" in out
+    assert "<html" in target.read_text().lower()
+
+
+def test_report_check(capsys, traces, tmp_path):
+    assert 0 == run_main(capsys, "report", traces["ref"], "--check", "--name", "w*")[0]
+    model, x, y, loss_fn, _ = make_reference()
+    optimizer = Manual(model.parameters())
+    with tracer.trace(model, optimizer, path=tmp_path / "manual") as run:
+        train_reference(model, x, y, loss_fn, optimizer)
+    code, _, err = run_main(capsys, "report", run.path, "--check")
+    assert 1 == code
+    assert "tracer: check failed: 2 of 2 updates" in err
+
+
+class Manual(torch.optim.Optimizer):
+    """An optimizer tracer has no rule for, that the command line cannot replay."""
+
+    def __init__(self, params):
+        super().__init__(params, {"lr": 0.01})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.sub_(group["lr"] * p.grad)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("command", ["summary", "diff-a", "diff-b", "report"])
+def test_bad_input_is_one_line_and_exit_2(capsys, traces, bad, command):
+    for label, (path, says) in bad.items():
+        argv = {
+            "summary": ["summary", path],
+            "diff-a": ["diff", path, traces["ref"]],
+            "diff-b": ["diff", traces["ref"], path],
+            "report": ["report", path],
+        }[command]
+        code, out, err = run_main(capsys, *argv)
+        assert 2 == code, label
+        assert "" == out, label
+        assert 1 == len(err.splitlines()), (label, err)
+        assert err.startswith("tracer: error: "), label
+        assert says in err, (label, err)
+        assert "Traceback" not in err
+
+
+def test_unwritable_output_is_bad_input(capsys, traces, tmp_path):
+    code, _, err = run_main(capsys, "report", traces["ref"], "-o", tmp_path / "no" / "such" / "dir.md")
+    assert 2 == code
+    assert err.startswith("tracer: error: ") and 1 == len(err.splitlines())
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert 2 == info.value.code
+    with pytest.raises(SystemExit) as info:
+        main(["diff", "only-one"])
+    assert 2 == info.value.code
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("command", ["summary", "diff", "report"])
+def test_help_ends_with_examples(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert 0 == info.value.code
+    out = capsys.readouterr().out
+    examples = out.rstrip().split("examples:\n")[-1].splitlines()
+    assert "examples:" in out
+    assert examples and all(line.strip().startswith(("tracer ", "python -m tracer ")) for line in examples)
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def _cli(*argv, module=True):
+    command = [sys.executable, "-m", "tracer"] if module else [str(Path(sys.executable).parent / "tracer")]
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_python_m_tracer_bad_input(bad):
+    path, says = bad["corrupt parquet"]
+    done = _cli("summary", path)
+    assert 2 == done.returncode
+    assert "" == done.stdout
+    assert [f"tracer: error: corrupt trace file {str(next(path.glob('*.parquet')))!r}"] == [
+        line[: line.index("':") + 1] for line in done.stderr.splitlines()
+    ]
+
+
+@pytest.mark.skipif(
+    not (Path(sys.executable).parent / "tracer").exists(), reason="the console script is not installed"
+)
+def test_console_script_diff(traces):
+    done = _cli("diff", traces["ref"], traces["lr"], module=False)
+    assert 1 == done.returncode, done.stderr
+    assert "traces diverge at step 0: update 'weight'" in done.stdout
+    assert "" == done.stderr

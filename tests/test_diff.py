@@ -1,0 +1,177 @@
+"""tracer.diff: the first divergence between two traces, in training order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from _reference import make_reference, train_reference
+
+import tracer
+from tracer import Divergence
+
+
+def make_trace(path, *, steps=2, lr=0.01, batch=1, **options):
+    """The reference example (tests/_reference.py), ``steps`` steps, the sample repeated ``batch`` times."""
+    model, x, y, loss_fn, optimizer = make_reference()
+    optimizer.param_groups[0]["lr"] = lr
+    x, y = x.repeat(batch, 1), y.repeat(batch, 1)
+    with tracer.trace(model, optimizer, path=path, **options) as run:
+        train_reference(model, x, y, loss_fn, optimizer, steps=steps)
+    return run
+
+
+def with_values(df, kind, name, step, values):
+    """A copy of ``df`` with the values of one row replaced."""
+    df = df.copy()
+    row = df.index[(df["kind"] == kind) & (df["name"] == name) & (df["step"] == step)][0]
+    df.at[row, "values"] = np.asarray(values, dtype=np.float64).ravel()
+    return df
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diff")
+    return {
+        "ref": make_trace(root / "ref"),
+        "same": make_trace(root / "same"),
+        "lr": make_trace(root / "lr", lr=0.02),
+        "three": make_trace(root / "three", steps=3),
+        "gap": make_trace(root / "gap", steps=3, every=2),
+        "stats": make_trace(root / "stats", max_values=0),
+        "stats_lr": make_trace(root / "stats_lr", lr=0.02, max_values=0),
+    }
+
+
+def test_identical_traces(traces):
+    ref = traces["ref"]
+    assert tracer.diff(ref, traces["same"]) is None
+    assert tracer.diff(ref.path, str(traces["same"].path)) is None
+    assert tracer.diff(tracer.load(ref.path), ref) is None
+
+
+def test_learning_rates_differ_first_divergence_is_the_step_0_update(traces):
+    found = tracer.diff(traces["ref"], traces["lr"])
+    assert isinstance(found, Divergence)
+    assert (0, "update", "weight", 0, "", "values", 0) == (
+        found.step,
+        found.kind,
+        found.name,
+        found.call,
+        found.part,
+        found.field,
+        found.index,
+    )
+    assert 0.1 == pytest.approx(found.a) and 0.2 == pytest.approx(found.b)
+    # later: the bias update of step 0, then step 1's activation, loss, grads, params, updates
+    assert 10 == found.later
+    text = str(found)
+    assert "traces diverge at step 0: update 'weight' call 0" in text
+    assert "index (0, 0)" in text
+    assert f"a = {found.a!r}, b = {found.b!r}" in text
+    assert "10 later rows also differ" in text
+
+
+def test_missing_last_step(traces):
+    found = tracer.diff(traces["three"], traces["ref"])
+    assert (2, "missing", True, False) == (found.step, found.field, found.a, found.b)
+    assert (found.kind, found.name, found.part) == ("input", "", "0")  # the step's first event
+    assert 9 == found.later
+    text = str(found)
+    assert "is in a but not in b" in text and "b has no step 2" in text
+    assert "is in b but not in a" in str(tracer.diff(traces["ref"], traces["three"]))
+
+
+def test_missing_middle_step(traces):
+    found = tracer.diff(traces["three"], traces["gap"])  # gap traced steps 0 and 2 only
+    assert (1, "missing") == (found.step, found.field)
+    assert "b has no step 1; its steps are 0, 2" in str(found)
+    assert 9 == found.later  # step 2 is the same in both
+
+
+def test_renamed_parameter(traces):
+    a = tracer.load(traces["ref"].path)
+    b = a.copy()
+    b.loc[b["name"] == "weight", "name"] = "fc.weight"
+    found = tracer.diff(a, b)
+    assert (0, "grad", "weight", "missing") == (found.step, found.kind, found.name, found.field)
+    assert "b has grad 'fc.weight' at step 0 instead" in str(found)
+
+
+def test_training_order_within_a_step(traces):
+    a = tracer.load(traces["ref"].path)
+    b = with_values(with_values(a, "grad", "bias", 0, [-11.0]), "activation", "", 0, [[4.0]])
+    found = tracer.diff(a, b)
+    assert ("activation", "") == (found.kind, found.name)  # the forward pass happened first
+    assert 1 == found.later
+    assert str(found).endswith("1 later row also differs")
+
+
+def test_kinds(traces):
+    found = tracer.diff(traces["ref"], traces["lr"], kinds=["loss", "grad"])
+    assert (1, "loss", "loss") == (found.step, found.kind, found.name)
+    assert tracer.diff(traces["ref"], traces["lr"], kinds="input") is None
+    with pytest.raises(ValueError, match="unknown kind"):
+        tracer.diff(traces["ref"], traces["lr"], kinds=["gradient"])
+
+
+def test_tolerances(traces):
+    assert tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=10.0) is None
+    found = tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=1e-3)
+    assert (found.rtol, found.atol) == (0.0, 1e-3)
+    assert "rtol=0, atol=0.001" in str(found)
+
+
+def test_statistics_are_compared_when_values_are_not_stored(traces):
+    assert tracer.diff(traces["stats"], traces["ref"]) is None  # one side without values
+    found = tracer.diff(traces["stats"], traces["stats_lr"])
+    assert (0, "update", "weight", "mean", None) == (found.step, found.kind, found.name, found.field, found.index)
+    assert "statistic 'mean'" in str(found)
+
+
+def test_shape_divergence(tmp_path):
+    found = tracer.diff(make_trace(tmp_path / "one", steps=1), make_trace(tmp_path / "two", steps=1, batch=2))
+    assert ("input", "shape", (1, 2), (2, 2)) == (found.kind, found.field, found.a, found.b)
+    assert "has shape (1, 2) in a and (2, 2) in b" in str(found)
+
+
+def test_nan_in_both_is_not_a_divergence(traces):
+    a = with_values(tracer.load(traces["ref"].path), "loss", "loss", 0, [float("nan")])
+    assert tracer.diff(a, a.copy()) is None
+    found = tracer.diff(a, tracer.load(traces["ref"].path))
+    assert "loss" == found.kind and np.isnan(found.a) and 25.0 == found.b
+
+
+def test_update_rows_use_the_parameters_precision(tmp_path):
+    model, x, y, loss_fn, _ = make_reference()
+    model, x, y = model.float(), x.float(), y.float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tracer.trace(model, optimizer, path=tmp_path / "f32") as run:
+        train_reference(model, x, y, loss_fn, optimizer)
+    a = tracer.load(run.path)
+    nudged = with_values(a, "update", "bias", 0, [a.loc[a["kind"] == "update", "values"].iloc[1][0] + 1e-6])
+    assert tracer.diff(a, nudged) is None  # float32 parameter: float32 tolerances
+
+
+def test_empty_traces(tmp_path):
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=tmp_path / "empty"):
+        pass
+    assert tracer.diff(tmp_path / "empty", tmp_path / "empty") is None
+    found = tracer.diff(tmp_path / "empty", make_trace(tmp_path / "full", steps=1))
+    assert (0, "input", "missing", False, True) == (found.step, found.kind, found.field, found.a, found.b)
+    assert "a has no step 0; its steps are none" in str(found)
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(tracer.TraceFormatError, match="does not exist"):
+        tracer.diff(tmp_path / "nope", tmp_path / "nope")
+
+
+def test_divergence_is_a_frozen_dataclass(traces):
+    found = tracer.diff(traces["ref"], traces["lr"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.step = 3
+    assert repr(found).startswith("Divergence(step=0, kind='update', name='weight'")

@@ -1,0 +1,214 @@
+"""The ``tracer`` command line (also ``python -m tracer``): summary, diff, report.
+
+Exit codes: 0 ok, 1 a divergence (``diff``) or a failed check (``report --check``),
+2 bad input (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT = 0, 1, 2
+
+_SUMMARY_EPILOG = """\
+examples:
+  tracer summary traces/run1
+  tracer summary traces/run1 --json > summary.json
+  python -m tracer summary traces/run1 | less
+"""
+
+_DIFF_EPILOG = """\
+examples:
+  tracer diff traces/before traces/after
+  tracer diff traces/fp64 traces/fp32 --rtol 1e-4 --atol 1e-6
+  tracer diff traces/before traces/after --kind loss --kind grad
+"""
+
+_REPORT_EPILOG = """\
+examples:
+  tracer report traces/run1
+  tracer report traces/run1 --format html -o report.html
+  tracer report traces/run1 --step 0 --name 'fc.*'
+  tracer report traces/run1 --check        # exit 1 unless every update follows its rule
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    from tracer._errors import TracerError
+
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `tracer summary x | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except (TracerError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"tracer: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tracer import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tracer",
+        description="See what a traced PyTorch training loop did: summarise, compare, explain.",
+        epilog="run 'tracer COMMAND --help' for the examples of each command",
+    )
+    parser.add_argument("--version", action="version", version=f"tracer {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_summary(commands)
+    _add_diff(commands)
+    _add_report(commands)
+    return parser
+
+
+def _add_summary(commands: argparse._SubParsersAction) -> None:
+    summary = _command(
+        commands, "summary", "steps, kinds, names, sizes, loss and norms of a trace", _SUMMARY_EPILOG
+    )
+    summary.add_argument("path", metavar="PATH", help="the trace directory")
+    summary.add_argument("--json", action="store_true", help="print the summary as JSON")
+    summary.set_defaults(func=_summary)
+
+
+def _add_diff(commands: argparse._SubParsersAction) -> None:
+    diff = _command(
+        commands,
+        "diff",
+        "the first divergence between two traces, in training order",
+        _DIFF_EPILOG,
+        "Exit status: 0 when the traces are close, 1 at a divergence (printed), 2 on bad input.",
+    )
+    diff.add_argument("a", metavar="A", help="the first trace directory")
+    diff.add_argument("b", metavar="B", help="the second trace directory")
+    default = "(default: torch.testing's for each row's dtype)"
+    diff.add_argument("--rtol", type=float, default=None, help=f"relative tolerance {default}")
+    diff.add_argument("--atol", type=float, default=None, help=f"absolute tolerance {default}")
+    diff.add_argument(
+        "--kind", action="append", dest="kinds", metavar="KIND", help="compare only this kind (repeatable)"
+    )
+    diff.set_defaults(func=_diff)
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    report = _command(
+        commands,
+        "report",
+        "the update rule behind every update, checked",
+        _REPORT_EPILOG,
+        "Exit status: 0, or 1 with --check when an update does not follow its rule or could not\n"
+        "be checked; 2 on bad input.",
+    )
+    report.add_argument("path", metavar="PATH", help="the trace directory")
+    report.add_argument(
+        "--format", choices=["markdown", "html"], default="markdown", help="output format (default: markdown)"
+    )
+    report.add_argument("--step", type=int, default=None, metavar="N", help="only this step")
+    report.add_argument("--name", default=None, metavar="GLOB", help="only parameters matching this glob")
+    report.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE, not stdout")
+    report.add_argument(
+        "--check", action="store_true", help="exit 1 unless every update was checked and follows its rule"
+    )
+    report.set_defaults(func=_report)
+
+
+def _command(
+    commands: argparse._SubParsersAction, name: str, help: str, epilog: str, details: str = ""
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + "." + (f"\n\n{details}" if details else ""),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _trace_dir(path: str) -> Path:
+    """``path`` checked as a trace (missing, not a trace, corrupt: TraceFormatError)."""
+    from tracer._store import check_trace_dir
+
+    checked = Path(path)
+    check_trace_dir(checked)
+    return checked
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from tracer._summary import format_summary, summarize
+
+    data = summarize(_trace_dir(args.path))
+    print(json.dumps(_strict_json(data), indent=2) if args.json else format_summary(data))
+    return EXIT_OK
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from tracer._diff import diff
+
+    a, b = _trace_dir(args.a), _trace_dir(args.b)
+    found = diff(a, b, rtol=args.rtol, atol=args.atol, kinds=args.kinds)
+    if found is None:
+        print(f"no divergence: {a} and {b} are close")
+        return EXIT_OK
+    print(f"a: {a}\nb: {b}\n{found}")
+    return EXIT_DIFFERENT
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tracer.report import report
+
+    path = _trace_dir(args.path)
+    result = report(path, step=args.step, name=args.name)
+    text = result.to_html() if args.format == "html" else result.to_markdown()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.check:
+        table = result.to_frame()
+        failing = sum(not _passed(m) for m in table["matches"])
+        if failing or table.empty:
+            what = (
+                "no update was traced"
+                if table.empty
+                else f"{failing} of {len(table)} updates do not follow their rule or could not be checked"
+            )
+            print(f"tracer: check failed: {what}", file=sys.stderr)
+            return EXIT_DIFFERENT
+    return EXIT_OK
+
+
+def _strict_json(value: object) -> object:
+    """NaN and infinities as the strings "nan", "inf", "-inf": strict JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _passed(matches: object) -> bool:
+    """A report row's ``matches``: only a real True passes (None/NA means unchecked)."""
+    import pandas as pd
+
+    return matches is not None and not pd.isna(matches) and bool(matches)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text += f": {exc.filename}"
+    return text
