@@ -64,6 +64,7 @@ class Recorder:
         self._backward_calls = 0
         self._forward_seen = False
         self._snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
+        self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
 
     # -- rows ----------------------------------------------------------------------
     @property
@@ -84,8 +85,11 @@ class Recorder:
         optimizer: str | None = None,
         group: int | None = None,
         hparams: str | None = None,
+        dtype: str | None = None,
     ) -> None:
         cap = capture(tensor, self.max_values)
+        if dtype is not None:
+            cap = cap._replace(dtype=dtype)
         row = (
             self.step if step is None else step,
             next(self._seq),
@@ -205,6 +209,26 @@ class Recorder:
                     self.emit("loss", "loss", call, str(i), _grad_fn_name(t), t)
 
     # -- optimizer -----------------------------------------------------------------
+    def _snapshot(self, p: torch.Tensor) -> torch.Tensor:
+        """Copy ``p`` into a buffer kept for it across steps (no allocation per step)."""
+        buf = self._buffers.get(p)
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+            buf = self._buffers[p] = torch.empty_like(p, memory_format=torch.contiguous_format)
+        return buf.copy_(p.detach())
+
+    def _update(self, p: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """after − before: exactly in float64 when the values are kept, else for statistics.
+
+        For statistics the difference is taken in the parameter's dtype (float32 for half
+        types): two nearby floats subtract exactly (Sterbenz), and no float64 copy is made.
+        """
+        after = p.detach()
+        if self.max_values is None or after.numel() <= self.max_values:
+            return after.to(torch.float64) - before.to(torch.float64)
+        if after.dtype in (torch.float16, torch.bfloat16):
+            return after.float() - before.float()
+        return after - before
+
     def on_skipped_step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
         """A GradScaler skipped ``optimizer.step()`` (inf/NaN gradients): mark it, move on."""
         if optimizer not in self.optimizers:
@@ -247,7 +271,7 @@ class Recorder:
                             for part, t in walk(_as_tensor(value), str(key)):
                                 self.emit("state", info.name, 0, part, info.module_type, t, **common)
                     if want_update:
-                        self._snapshots.append((p, p.detach().clone(), info, cls, gi, hp))
+                        self._snapshots.append((p, self._snapshot(p), info, cls, gi, hp))
 
         @torch.no_grad()
         def post_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -257,10 +281,10 @@ class Recorder:
                     # LBFGS computes its gradients inside step(), in the closure: the last
                     # one evaluated is there now (with max_iter=1, the one it used)
                     self.emit("grad", info.name, 0, "", info.module_type, p.grad, optimizer=c, group=gi, hparams=hp)
-                update = p.detach().to(torch.float64) - before.to(torch.float64)
                 self.emit(
-                    "update", info.name, 0, "", info.module_type, update, optimizer=c, group=gi, hparams=hp
-                )
+                    "update", info.name, 0, "", info.module_type, self._update(p, before),
+                    optimizer=c, group=gi, hparams=hp, dtype="float64",
+                )  # fmt: skip
             if opt is self.lead_optimizer:
                 self.advance()
 
