@@ -278,3 +278,40 @@ def test_on_error_warn_stops_tracing_and_training_goes_on(tmp_path):
     assert 4 == run.step
     with pytest.raises(ValueError, match="on_error must be 'raise' or 'warn'"):
         tracer.trace(model, opt, path=tmp_path / "u", on_error="ignore")
+
+
+@pytest.mark.parametrize("cls", [torch.optim.SGD, torch.optim.Adam])
+def test_step_with_closure_records_the_closures_gradients(tmp_path, cls):
+    def run(traced: bool):
+        model, x, y, loss_fn, _ = make_reference()
+        opt = cls(model.parameters(), lr=0.01)
+        losses = []
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)  # inside the closure
+            return loss
+
+        def loop():
+            for _ in range(3):
+                losses.append(opt.step(closure).item())
+
+        if traced:
+            with tracer.trace(model, opt, path=tmp_path / "t") as r:
+                loop()
+            return model, losses, r
+        loop()
+        return model, losses, None
+
+    plain, plain_losses, _ = run(False)
+    traced, traced_losses, r = run(True)
+    assert plain_losses == traced_losses  # step() still returns the closure's loss
+    assert torch.equal(plain.weight, traced.weight) and torch.equal(plain.bias, traced.bias)
+    df = tracer.load(r.path)
+    assert [0, 1, 2] == sorted(set(df[df.kind == "update"].step))
+    grad0 = df[(df.kind == "grad") & (df.step == 0)]
+    norm = sum(v @ v for v in grad0["values"]) ** 0.5
+    assert pytest.approx(5.0) == norm  # the clipped gradient of this step's closure
+    assert tracer.report(r).to_frame().matches.map(lambda m: m is True).all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import pandas as pd
 import pytest
 import torch
 from torch import nn

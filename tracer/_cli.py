@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_summary(commands)
     _add_diff(commands)
     _add_report(commands)
+    from tracer.export import add_export_parser  # no dashboard package is imported here
+
+    add_export_parser(commands)
     return parser
 
 

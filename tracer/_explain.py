@@ -155,7 +155,6 @@ def _activation_forward(name, kind, z, out) -> list[str]:
 
 def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) -> list[str] | None:
     n = y_hat.size
-    p = "ŷ" if simple else "ŷ"
     if fn.startswith("MseLoss"):
         for reduction, scale in (("mean", n), ("sum", 1)):
             y = y_hat - g * scale / 2

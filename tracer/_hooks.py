@@ -7,6 +7,7 @@ Every callback observes only: it detaches before anything else, works under
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import json
 import threading
@@ -247,49 +248,74 @@ class Recorder:
     ) -> tuple[Callable[..., None], Callable[..., None]]:
         """The step pre-hook and post-hook for one optimizer."""
         cls = type(optimizer).__name__
-        snapshot_all = isinstance(optimizer, torch.optim.LBFGS)  # its grads come from the closure
+        eager_closure = _runs_closure_once_first(optimizer)
         kinds = self.kinds
         want_update = "update" in kinds
+        late_grads = [False]  # this step's gradients come from a closure run inside step()
 
-        @torch.no_grad()
-        def pre_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        def pre_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
             if not self.traced:
-                return
-            for gi, group in enumerate(opt.param_groups):
-                hp = hparams_json(group)
-                for p in group["params"]:
-                    info = self.params.get(p)
-                    if info is None or not info.selected or (p.grad is None and not snapshot_all):
-                        continue
-                    common = dict(optimizer=cls, group=gi, hparams=hp)
-                    if p.grad is not None and "grad" in kinds and not snapshot_all:
-                        self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
-                    if "param" in kinds:
-                        self.emit("param", info.name, 0, "", info.module_type, p, **common)
-                    if "state" in kinds:
-                        for key, value in opt.state.get(p, {}).items():
-                            for part, t in walk(_as_tensor(value), str(key)):
-                                self.emit("state", info.name, 0, part, info.module_type, t, **common)
-                    if want_update:
-                        self._snapshots.append((p, self._snapshot(p), info, cls, gi, hp))
+                return None
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+            changed = None
+            if closure is not None and eager_closure:
+                # torch.optim's step() evaluates the closure once, first thing: evaluate it
+                # here instead, so the gradients it makes are the ones recorded, and hand
+                # step() a closure returning the same result (identical arithmetic)
+                with torch.enable_grad():
+                    result = closure()
+                done = _constant(result)
+                changed = (args, {**kwargs, "closure": done}) if "closure" in kwargs else ((args[0], done, *args[2:]), kwargs)
+                closure = None
+            late_grads[0] = closure is not None  # LBFGS, or a step() of other code
+            with torch.no_grad():
+                self._before_step(opt, cls, late=late_grads[0], want_update=want_update)
+            return changed
 
         @torch.no_grad()
         def post_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
             snapshots, self._snapshots = self._snapshots, []
             for p, before, info, c, gi, hp in snapshots:
-                if snapshot_all and p.grad is not None and "grad" in kinds:
-                    # LBFGS computes its gradients inside step(), in the closure: the last
-                    # one evaluated is there now (with max_iter=1, the one it used)
+                if late_grads[0] and p.grad is not None and "grad" in kinds:
+                    # the closure ran inside step(): the last gradient it made is there now
+                    # (with LBFGS max_iter=1, or one evaluation, the one the update used)
                     self.emit("grad", info.name, 0, "", info.module_type, p.grad, optimizer=c, group=gi, hparams=hp)
                 self.emit(
                     "update", info.name, 0, "", info.module_type, self._update(p, before),
                     optimizer=c, group=gi, hparams=hp, dtype="float64",
                 )  # fmt: skip
+            late_grads[0] = False
             if opt is self.lead_optimizer:
                 self.advance()
 
         return pre_hook, post_hook
 
+    def _before_step(self, opt: torch.optim.Optimizer, cls: str, *, late: bool, want_update: bool) -> None:
+        """Rows of the gradients, parameters and state just before ``opt`` updates them.
+
+        ``late``: the gradients will be made inside ``step()`` (a closure it runs itself), so
+        every trainable parameter is snapshotted and its gradient is read after the step.
+        """
+        kinds = self.kinds
+        for gi, group in enumerate(opt.param_groups):
+            hp = hparams_json(group)
+            for p in group["params"]:
+                info = self.params.get(p)
+                if info is None or not info.selected:
+                    continue
+                if p.grad is None and not (late and p.requires_grad):
+                    continue  # the optimizer skips it: no update, no rows
+                common = dict(optimizer=cls, group=gi, hparams=hp)
+                if p.grad is not None and "grad" in kinds and not late:
+                    self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
+                if "param" in kinds:
+                    self.emit("param", info.name, 0, "", info.module_type, p, **common)
+                if "state" in kinds:
+                    for key, value in opt.state.get(p, {}).items():
+                        for part, t in walk(_as_tensor(value), str(key)):
+                            self.emit("state", info.name, 0, part, info.module_type, t, **common)
+                if want_update:
+                    self._snapshots.append((p, self._snapshot(p), info, cls, gi, hp))
 
 def _in_backward() -> bool:
     return torch._C._current_autograd_node() is not None
@@ -299,6 +325,21 @@ def _grad_fn_name(tensor: torch.Tensor) -> str | None:
     """``MseLossBackward0`` for an MSE loss: the loss row's ``module_type``."""
     fn = tensor.grad_fn
     return None if fn is None else type(fn).__name__
+
+
+def _runs_closure_once_first(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``step(closure)`` evaluates the closure once, at its top: torch.optim's do,
+    except LBFGS; a ``step`` written elsewhere may do anything."""
+    step = inspect.unwrap(type(optimizer).step)  # torch wraps step() in its hook caller
+    module = getattr(step, "__module__", "") or ""
+    return module.startswith("torch.optim") and not isinstance(optimizer, torch.optim.LBFGS)
+
+
+def _constant(result: Any) -> Callable[[], Any]:
+    def closure() -> Any:
+        return result
+
+    return closure
 
 
 def _alive(handle: Any) -> bool:

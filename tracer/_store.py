@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from tracer._errors import TraceFormatError, TraceWriteError
+from tracer._errors import TraceFormatError
 from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_COLUMNS
 from tracer._tensors import Captured, finish
 
