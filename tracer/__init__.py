@@ -7,6 +7,7 @@
 """
 
 from tracer._diff import Divergence, diff
+from tracer.diagnose import Finding, Findings, Thresholds, diagnose
 from tracer._errors import TraceFormatError, TracerError, TraceWriteError
 from tracer._load import load
 from tracer._schema import KINDS, SCHEMA_VERSION
@@ -19,14 +20,18 @@ __all__ = [
     "ALL",
     "DEFAULT_MAX_VALUES",
     "Divergence",
+    "Finding",
+    "Findings",
     "KINDS",
     "SCHEMA_VERSION",
     "Report",
     "Run",
+    "Thresholds",
     "TraceFormatError",
     "TraceWriteError",
     "TracerError",
     "__version__",
+    "diagnose",
     "diff",
     "load",
     "report",

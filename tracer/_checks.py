@@ -101,23 +101,38 @@ def build_checks(
     extra_classes: Sequence[type] = (),
 ) -> list[UpdateCheck]:
     """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state)."""
-    checks = []
     rows = df[df.kind.isin(["grad", "param", "update", "state"])]
-    params = rows[rows.kind == "param"]
-    group_sizes = params.groupby(["step", "optimizer", "param_group"], dropna=False).size().to_dict()
-    for (step, name), group in rows.groupby(["step", "name"], sort=False):
-        by_kind = {kind: g for kind, g in group.groupby("kind")}
-        if "update" not in by_kind:
+    columns = [c for c in ("step", "name", "kind", "part", "optimizer", "param_group", "hparams",
+                           "dtype", "shape", "numel", "norm", "values") if c in rows.columns]  # fmt: skip
+    # one pass in plain Python: pandas grouping per update costs far more than the check
+    events: dict[tuple[int, str], dict[str, Any]] = {}
+    group_sizes: dict[tuple[Any, ...], int] = {}
+    for values in zip(*(rows[c].tolist() for c in columns)):
+        row = dict(zip(columns, values))
+        entry = events.setdefault((row["step"], row["name"]), {"state": []})
+        if row["kind"] == "state":
+            entry["state"].append(row)
+        else:
+            entry.setdefault(row["kind"], row)
+        if row["kind"] == "param":
+            key = (row["step"], row["optimizer"], _group(row["param_group"]))
+            group_sizes[key] = group_sizes.get(key, 0) + 1
+    hparams_cache: dict[str, dict[str, Any]] = {}
+    checks = []
+    for (step, name), entry in events.items():
+        upd = entry.get("update")
+        if upd is None:
             continue
-        upd = by_kind["update"].iloc[0]
-        par = by_kind["param"].iloc[0] if "param" in by_kind else None
-        grd = by_kind["grad"].iloc[0] if "grad" in by_kind else None
+        par, grd = entry.get("param"), entry.get("grad")
+        hp_text = upd["hparams"]
+        if isinstance(hp_text, str) and hp_text not in hparams_cache:
+            hparams_cache[hp_text] = json.loads(hp_text)
         check = UpdateCheck(
             step=int(step),
             name=str(name),
             optimizer=str(upd["optimizer"]),
-            param_group=None if pd.isna(upd["param_group"]) else int(upd["param_group"]),
-            hparams=json.loads(upd["hparams"]) if isinstance(upd["hparams"], str) else {},
+            param_group=_group(upd["param_group"]),
+            hparams=dict(hparams_cache[hp_text]) if isinstance(hp_text, str) else {},
             dtype=str(par["dtype"]) if par is not None else "float64",
             shape=tuple(int(s) for s in upd["shape"]),
         )
@@ -126,14 +141,16 @@ def build_checks(
             "param": float(par["norm"]) if par is not None else math.nan,
             "grad": float(grd["norm"]) if grd is not None else math.nan,
         }
-        state_rows = by_kind.get("state")
         # a rule may need the size of the group (LBFGS's first step scales by ‖g‖₁ of all)
-        size = group_sizes.get((step, upd["optimizer"], upd["param_group"]))
-        check.group_size = None if size is None else int(size)
-        _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
+        check.group_size = group_sizes.get((step, upd["optimizer"], check.param_group))
+        _run_check(check, upd, par, grd, entry["state"], optimizer_bases, extra_classes)
         checks.append(check)
     checks.sort(key=lambda c: c.step)  # stable: training order within a step
     return checks
+
+
+def _group(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else int(value)
 
 
 def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes) -> None:
@@ -150,13 +167,12 @@ def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
     missing = [] if param is not None and update is not None else ["param" if param is None else "update"]
     if grd is not None and grad is None:
         missing.append("grad")
-    if state_rows is not None:
-        for _, srow in state_rows.iterrows():
-            t = _tensor(srow)
-            if t is None:
-                missing.append(f"state {srow['part']}")
-            else:
-                state[str(srow["part"])] = t
+    for srow in state_rows:
+        t = _tensor(srow)
+        if t is None:
+            missing.append(f"state {srow['part']}")
+        else:
+            state[str(srow["part"])] = t
     if missing:
         numel = int(upd["numel"])
         check.reason = (
@@ -204,8 +220,8 @@ def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
     check.reason = "; ".join(reasons) or None
 
 
-def _native(value: torch.Tensor, state_rows: pd.DataFrame, key: str) -> torch.Tensor:
-    row = state_rows[state_rows.part == key].iloc[0]
+def _native(value: torch.Tensor, state_rows: list[dict[str, Any]], key: str) -> torch.Tensor:
+    row = next(r for r in state_rows if r["part"] == key)
     return value.to(_torch_dtype(str(row["dtype"])))
 
 

@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_summary(commands)
     _add_diff(commands)
     _add_report(commands)
+    _add_diagnose(commands)
     from tracer.export import add_export_parser  # no dashboard package is imported here
 
     add_export_parser(commands)
@@ -215,3 +216,38 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text += f": {exc.filename}"
     return text
+
+
+_DIAGNOSE_EPILOG = """\
+examples:
+  tracer diagnose traces/run1
+  tracer diagnose traces/run1 --json > findings.json
+  tracer diagnose traces/run1 --threshold update_ratio_high=0.3 --threshold min_steps=10
+"""
+
+
+def _add_diagnose(commands: argparse._SubParsersAction) -> None:
+    diagnose = _command(
+        commands,
+        "diagnose",
+        "what went wrong in a run: first NaN/Inf, bad gradients, dead units, loss trend, ...",
+        _DIAGNOSE_EPILOG,
+        "Findings are printed most severe first. Exit status: 0, or 1 when a finding has\n"
+        "severity 'error'; 2 on bad input. Thresholds: see tracer.Thresholds.",
+    )
+    diagnose.add_argument("path", metavar="PATH", help="the trace directory")
+    diagnose.add_argument("--json", action="store_true", help="print the findings as JSON")
+    diagnose.add_argument(
+        "--threshold", action="append", default=[], metavar="NAME=VALUE",
+        help="change a threshold, e.g. update_ratio_high=0.3 (repeatable)",
+    )  # fmt: skip
+    diagnose.set_defaults(func=_diagnose)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from tracer.diagnose import Thresholds, diagnose
+
+    thresholds = Thresholds.parse(args.threshold)  # a bad NAME=VALUE: ValueError, exit 2
+    findings = diagnose(_trace_dir(args.path), thresholds=thresholds)
+    sys.stdout.write(findings.to_json() + "\n" if args.json else str(findings))
+    return EXIT_DIFFERENT if findings.has_errors else EXIT_OK

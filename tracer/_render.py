@@ -41,13 +41,36 @@ class Formula:
     latex: str
 
 
-Block = Union[Heading, Para, Items, Table, Formula]
+@dataclasses.dataclass(frozen=True)
+class Raw:
+    """A ready, escaped HTML fragment (plots, findings); other renderings show ``text``."""
+
+    html: str
+    text: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A titled group of blocks: a collapsible ``<details>`` in HTML, a heading elsewhere."""
+
+    title: str
+    blocks: tuple
+    open: bool = True
+    level: int = 2
+
+
+Block = Union[Heading, Para, Items, Table, Formula, Raw, Section]
 
 
 def to_text(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Section):
+            out.append(to_text([Heading(b.level, b.title), *b.blocks]).rstrip("\n"))
+        elif isinstance(b, Raw):
+            if b.text:
+                out += ["", b.text]
+        elif isinstance(b, Heading):
             out += ["", b.text, ("=" if b.level == 1 else "-") * min(len(b.text), 80)]
         elif isinstance(b, Para):
             out += ["", b.text.replace("**", "")]
@@ -73,7 +96,12 @@ def _md_cell(text: str) -> str:
 def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
     out: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Section):
+            out += [to_markdown([Heading(b.level, b.title), *b.blocks], math=math)]
+        elif isinstance(b, Raw):
+            if b.text:
+                out += [b.text, ""]
+        elif isinstance(b, Heading):
             out += ["#" * b.level + " " + b.text.replace("\n", " "), ""]
         elif isinstance(b, Para):
             out += [b.text, ""]
@@ -99,6 +127,7 @@ pre.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;wh
 ul.arith{list-style:none;padding-left:.8rem}table{border-collapse:collapse;margin:.5rem 0}
 td,th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}th{background:#f6f8fa}
 details{margin:.2rem 0 .6rem}summary{cursor:pointer;color:#57606a;font-size:.85em}
+details.section>summary{color:inherit;font-size:1em}details.section>summary>h2{display:inline}
 .ok{color:#1a7f37}.bad{color:#cf222e;font-weight:600}.none{color:#9a6700}
 """
 
@@ -112,7 +141,16 @@ def _esc(text: str) -> str:
 def to_html_body(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Section):
+            tag = f"h{b.level}"
+            out.append(
+                f"<details class=\"section\"{' open' if b.open else ''}><summary><{tag}>{_esc(b.title)}</{tag}></summary>"
+                + to_html_body(b.blocks)
+                + "</details>"
+            )
+        elif isinstance(b, Raw):
+            out.append(b.html)
+        elif isinstance(b, Heading):
             out.append(f"<h{b.level}>{_esc(b.text)}</h{b.level}>")
         elif isinstance(b, Para):
             out.append(f"<p>{_esc(b.text)}</p>")
@@ -151,7 +189,12 @@ def to_latex(blocks: Sequence[Block]) -> str:
     """A LaTeX fragment (needs amsmath; Unicode text needs a Unicode engine or inputenc)."""
     out: list[str] = []
     for b in blocks:
-        if isinstance(b, Heading):
+        if isinstance(b, Section):
+            out.append(to_latex([Heading(b.level, b.title), *b.blocks]).rstrip("\n"))
+        elif isinstance(b, Raw):
+            if b.text:
+                out.append(_tex(b.text) + "\n")
+        elif isinstance(b, Heading):
             cmd = {1: "section*", 2: "subsection*"}.get(b.level, "subsubsection*")
             out.append(f"\\{cmd}{{{_tex(b.text)}}}")
         elif isinstance(b, Para):

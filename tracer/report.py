@@ -20,7 +20,7 @@ import pandas as pd
 from tracer._checks import UpdateCheck, build_checks
 from tracer._explain import explain_step
 from tracer._load import to_frame, trace_path
-from tracer._render import Block, Formula, Heading, Items, Para, Table
+from tracer._render import Block, Formula, Heading, Items, Para, Raw, Section, Table
 from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
@@ -83,6 +83,7 @@ def report(
     skipped = df[df.kind == "skipped"]
     report_ = Report(checks, walkthroughs, steps, source=source, max_elements=max_elements)
     report_.skipped = {int(s): str(n) for s, n in zip(skipped["step"], skipped["name"])}
+    report_.trace = trace if isinstance(trace, pd.DataFrame) else path
     return report_
 
 
@@ -116,6 +117,7 @@ class Report:
         self.source = source
         self.max_elements = max_elements
         self.skipped: dict[int, str] = {}  # step -> optimizer whose step a GradScaler skipped
+        self.trace: Any = None  # the trace directory or DataFrame (for findings and plots)
 
     # -- numbers ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -148,8 +150,11 @@ class Report:
         }
 
     # -- renderings -------------------------------------------------------------
-    def blocks(self) -> list[Block]:
-        """The report as renderer-neutral blocks."""
+    COMPACT_AFTER = 400
+    """Above this many updates, each rule is written once and steps become tables."""
+
+    def blocks(self, *, extras: bool = False) -> list[Block]:
+        """The report as renderer-neutral blocks; ``extras`` adds findings and plots (HTML)."""
         n = self.counts
         out: list[Block] = [Heading(1, f"tracer report: {self.source}")]
         optimizers = sorted({c.optimizer for c in self.checks})
@@ -161,16 +166,22 @@ class Report:
                 f"– {n['unchecked']} could not be checked."
             )
         )
+        if extras:
+            out += self._extras()
+        compact = len(self.checks) > self.COMPACT_AFTER
+        if compact:
+            out += self._rules_once()
         by_step: dict[int, list[UpdateCheck]] = {}
         for c in self.checks:
             by_step.setdefault(c.step, []).append(c)
+        shown = 0
         for step in self.steps:
             checks = by_step.get(step, [])
             if not checks and step not in self.walkthroughs and step not in self.skipped:
                 continue
-            out.append(Heading(2, f"Step {step}"))
+            body: list[Block] = []
             if step in self.skipped:
-                out.append(
+                body.append(
                     Para(
                         f"⚠ The GradScaler skipped {self.skipped[step]}.step() at this step: the "
                         "gradients held inf/NaN, so no parameter was updated."
@@ -178,14 +189,43 @@ class Report:
                 )
             walk = self.walkthroughs.get(step)
             if walk:
-                out += _walk_blocks(walk)
-            if checks:
-                out.append(Para("**Updates.** Each parameter's update, by its optimizer's rule:"))
+                body += _walk_blocks(walk)
+            if checks and compact:
+                body.append(_step_table(checks))
+            elif checks:
+                body.append(Para("**Updates.** Each parameter's update, by its optimizer's rule:"))
                 for c in checks:
-                    out += self._update_blocks(c)
+                    body += self._update_blocks(c)
                 table = _summary_table(checks, self.max_elements)
                 if table is not None:
-                    out += [Para("Summary of the step:"), table]
+                    body += [Para("Summary of the step:"), table]
+            bad = any(c.matches is False for c in checks)
+            mark = " ✗" if bad else ""
+            out.append(Section(f"Step {step}{mark}", tuple(body), open=bad or shown < 20))
+            shown += 1
+        return out
+
+    def _extras(self) -> list[Block]:
+        """Findings first, then plots: HTML fragments made from the trace itself."""
+        if self.trace is None:
+            return []
+        from tracer import _plots
+        from tracer.diagnose import diagnose, html_section
+
+        blocks: list[Block] = [Raw(html_section(diagnose(self.trace)))]
+        blocks.append(Raw(_plots.html_section(self.trace)))
+        return blocks
+
+    def _rules_once(self) -> list[Block]:
+        out: list[Block] = [Heading(2, "Update rules")]
+        seen: set[tuple[str, str]] = set()
+        for c in self.checks:
+            key = (c.optimizer, c.rule or "")
+            if key in seen or c.rule is None:
+                continue
+            seen.add(key)
+            out += [Heading(3, f"{c.optimizer}" + (f" (rule of {c.rule_class})" if c.rule_class != c.optimizer else "")),
+                    Formula(c.rule, c.latex or "")]  # fmt: skip
         return out
 
     def _update_blocks(self, c: UpdateCheck) -> list[Block]:
@@ -232,9 +272,10 @@ class Report:
         """Markdown, with each rule also as a ``$$`` LaTeX block."""
         return _to_markdown(self.blocks())
 
-    def to_html(self) -> str:
-        """One self-contained HTML page (no scripts, no network)."""
-        return _to_html(self.blocks(), title=f"tracer report: {self.source}")
+    def to_html(self, *, findings: bool = True) -> str:
+        """One self-contained HTML page (no scripts, no network): summary, findings and plots
+        (``findings=True``; plots need ``torch-tracer[plots]``), then every step."""
+        return _to_html(self.blocks(extras=findings), title=f"tracer report: {self.source}")
 
     def to_latex(self) -> str:
         """A LaTeX fragment (amsmath)."""
@@ -326,6 +367,18 @@ def _summary_table(checks: list[UpdateCheck], max_elements: int) -> Table | None
     if not rows:
         return None
     return Table(("parameter", "old value", "gradient", "new value"), tuple(rows))
+
+
+def _step_table(checks: list[UpdateCheck]) -> Table:
+    rows = []
+    for c in checks:
+        mark = {True: "✓", False: "✗", None: "–"}[c.matches]
+        ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+        rows.append(
+            (c.name, f"{mark} {c.check or c.reason or ''}"[:80], num(c.max_abs_error) if c.max_abs_error is not None else "–",
+             num(c.norms.get("grad", math.nan)), num(c.norms.get("update", math.nan)), num(ratio))
+        )  # fmt: skip
+    return Table(("parameter", "check", "max error", "‖g‖", "‖Δθ‖", "‖Δθ‖/‖θ‖"), tuple(rows))
 
 
 def _walk_blocks(lines: list[str]) -> list[Block]:

@@ -1,0 +1,215 @@
+"""tracer._plots: inline SVG for every kind of trace, small for long traces, escaped, optional."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _reference import make_reference, train_reference
+from torch import nn
+
+import tracer
+from tracer import _plots
+from tracer._plots import (
+    PlotsUnavailableError,
+    activation_plot,
+    grad_norm_plot,
+    histogram_plot,
+    html_section,
+    loss_plot,
+    plots_available,
+    update_ratio_plot,
+)
+
+pytest.importorskip("matplotlib", reason="the plots need matplotlib (the 'plots' extra)")
+
+PLOTS = (loss_plot, grad_norm_plot, update_ratio_plot, activation_plot)
+
+
+def svg_root(svg):
+    assert svg.startswith("<svg") and "<?xml" not in svg and "<!DOCTYPE" not in svg
+    root = ET.fromstring(svg)  # well-formed XML: every label escaped
+    assert root.tag.endswith("svg")
+    return root
+
+
+def texts(svg):
+    """Every piece of text drawn (svg.fonttype 'none': text stays text)."""
+    return " ".join("".join(el.itertext()) for el in svg_root(svg).iter() if el.tag.endswith("text"))
+
+
+def mlp(layers=2, width=8, dtype=torch.float64):
+    torch.manual_seed(0)
+    mods = [nn.Linear(4, width), nn.ReLU()]
+    for _ in range(layers - 2):
+        mods += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*mods, nn.Linear(width, 1)).to(dtype)
+
+
+def train(path, model, optimizer=None, steps=6, **options):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    y = x[:, :1] - x[:, 1:2]
+    with tracer.trace(model, optimizer, path=path, **options) as run:
+        for _ in range(steps):
+            if optimizer is not None:
+                optimizer.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            if optimizer is not None:
+                optimizer.step()
+    return run
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=root / "reference") as ref:
+        train_reference(model, x, y, loss_fn, optimizer)
+    out = {"reference": ref.path}
+    model = mlp()
+    out["full"] = train(root / "full", model, torch.optim.SGD(model.parameters(), lr=0.05)).path
+    model = mlp()
+    out["stats-only"] = train(root / "stats", model, torch.optim.Adam(model.parameters(), lr=0.01), max_values=0).path
+    out["no-optimizer"] = train(root / "forward", mlp(), None).path
+    model = mlp()
+    out["loss-only"] = train(root / "loss", model, torch.optim.SGD(model.parameters(), lr=0.05), capture={"loss"}).path
+    model = mlp(layers=10)
+    out["deep"] = train(root / "deep", model, torch.optim.SGD(model.parameters(), lr=0.05)).path
+    return out
+
+
+@pytest.mark.parametrize("kind", ["reference", "full", "stats-only", "deep"])
+def test_every_plot_for_traces_with_an_optimizer(traces, kind):
+    for plot in PLOTS:
+        svg = plot(traces[kind])
+        assert svg is not None, plot.__name__
+        svg_root(svg)
+    assert "Loss per step" in texts(loss_plot(traces[kind]))
+
+
+def test_plots_of_a_trace_without_optimizer_or_with_only_the_loss(traces):
+    assert loss_plot(traces["no-optimizer"]) and activation_plot(traces["no-optimizer"])
+    assert grad_norm_plot(traces["no-optimizer"]) is None
+    assert update_ratio_plot(traces["no-optimizer"]) is None
+    assert loss_plot(traces["loss-only"])
+    assert [None, None, None] == [p(traces["loss-only"]) for p in PLOTS[1:]]
+    section = html_section(traces["loss-only"])
+    assert "Not plotted (not in this trace): gradients, updates, activations." in section
+
+
+def test_lines_for_few_layers_and_a_heatmap_for_many(traces):
+    few = grad_norm_plot(traces["full"])
+    assert "<image" not in few and {"0", "2", "4"} <= set(texts(few).split())  # a legend entry per layer
+    many = grad_norm_plot(traces["deep"])
+    assert "<image" in many and "data:image/png;base64," in many  # one raster image, inline
+    labels = set(texts(many).split())
+    assert {str(i) for i in range(0, 19, 2)} <= labels  # every layer named on the axis
+    assert "<image" in activation_plot(traces["deep"])  # 21 modules
+
+
+def test_inputs_path_run_and_dataframe_give_the_same_svg(traces, tmp_path):
+    path = traces["full"]
+    df = tracer.load(path)
+    assert loss_plot(path) == loss_plot(str(path)) == loss_plot(df)
+    assert grad_norm_plot(path) == grad_norm_plot(df)
+
+
+def test_histogram_of_stored_values_and_refusal_without_them(traces):
+    svg = histogram_plot(traces["full"], kind="grad", name="0.weight", step=5)
+    assert "Histogram of grad '0.weight' (step 5, call 0): 32 values" in texts(svg)
+    with pytest.raises(ValueError, match="were not stored .*max_values"):
+        histogram_plot(traces["stats-only"], kind="grad", name="0.weight", step=5)
+    with pytest.raises(ValueError, match="holds no grad 'nope'"):
+        histogram_plot(traces["full"], kind="grad", name="nope", step=0)
+
+
+def test_nonfinite_loss_is_marked(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(4, 4, dtype=torch.float64)
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        for step in range(4):
+            optimizer.zero_grad()
+            target = torch.full((4, 1), float("nan") if step == 2 else 0.0, dtype=torch.float64)
+            nn.functional.mse_loss(model(x), target).backward()
+            optimizer.step()
+    assert "non-finite from step 2" in texts(loss_plot(run))
+
+
+def test_html_section_is_self_contained_with_unique_ids(traces):
+    section = html_section(traces["full"])
+    assert section.startswith('<section class="tracer-plots">') and section.endswith("</section>")
+    assert 5 == section.count('<figure class="tracer-plot"')  # loss, grads, updates, activations, histogram
+    ids = re.findall(r'\bid="([^"]+)"', section)
+    assert len(ids) == len(set(ids))  # several SVGs on one page do not clash
+    refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', section)
+    assert {a or b for a, b in refs} <= set(ids)  # every reference points inside its page
+    assert "http://www.w3.org" in section  # namespaces only: nothing is fetched
+    assert not re.search(r'(?:src|href)="(?!data:|#)', section)
+
+
+def test_hostile_names_are_escaped_and_shown_verbatim(tmp_path):
+    names = ("<b>bold</b>", "$x_1$", "_hidden")
+    model = nn.Sequential()
+    model.add_module(names[0], nn.Linear(4, 4))
+    model.add_module(names[1], nn.ReLU())
+    model.add_module(names[2], nn.Linear(4, 1))
+    run = train(tmp_path / "t", model.double(), torch.optim.SGD(model.parameters(), lr=0.05))
+    grads = grad_norm_plot(run)
+    assert "<b>" not in grads and "&lt;b&gt;bold&lt;/b&gt;" in grads
+    shown = texts(grads) + texts(activation_plot(run))
+    for name in names:
+        assert name in shown, name  # not eaten by mathtext ($) or hidden from the legend (_)
+    section = html_section(run)
+    assert "<b>bold" not in section
+
+
+def test_long_traces_stay_small_and_fast():
+    # 1,000 steps of a 10-layer model, in the schema of tracer.load (statistics only)
+    steps, layers = 1000, 10
+    rng = np.random.default_rng(0)
+    rows = []
+    for step in range(steps):
+        rows.append((step, "loss", "loss", "", 1, 2.0 * np.exp(-step / 300) + rng.random() * 0.1))
+        for i in range(layers):
+            rows.append((step, "activation", f"layers.{i}", "Linear", 4096, rng.normal()))
+            for p, n in (("weight", 4096), ("bias", 64)):
+                for kind, scale in (("grad", 1e-2), ("param", 1.0), ("update", 1e-3)):
+                    rows.append((step, kind, f"layers.{i}.{p}", "Linear", n, scale * (1 + rng.random())))
+    df = pd.DataFrame(rows, columns=["step", "kind", "name", "module_type", "numel", "norm"])
+    df["mean"], df["std"], df["seq"], df["rank"], df["call"], df["part"] = (
+        df["norm"],
+        df["norm"] / 2,
+        range(len(df)),
+        0,
+        0,
+        "",
+    )
+    df["dtype"], df["nonfinite"] = "float32", 0
+    start = time.perf_counter()
+    sizes = {plot.__name__: len(plot(df).encode()) for plot in PLOTS}
+    section = html_section(df)
+    elapsed = time.perf_counter() - start
+    assert all(size < 300_000 for size in sizes.values()), sizes
+    assert len(section.encode()) < 1_000_000
+    assert elapsed < 20, elapsed  # generous: 2 shared cores; about 2 s on a laptop
+
+
+def test_without_matplotlib_plots_say_how_to_get_them(traces, monkeypatch):
+    for module in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert not plots_available()
+    with pytest.raises(PlotsUnavailableError, match=r"pip install 'torch-tracer\[plots\]'") as info:
+        loss_plot(traces["full"])
+    assert isinstance(info.value, tracer.TracerError) and isinstance(info.value, ImportError)
+    section = html_section(traces["full"])
+    assert "pip install &#x27;torch-tracer[plots]&#x27;" in section and "<svg" not in section
+    assert _plots.INSTALL_HINT == "pip install 'torch-tracer[plots]'"
