@@ -315,3 +315,24 @@ def test_step_with_closure_records_the_closures_gradients(tmp_path, cls):
     norm = sum(v @ v for v in grad0["values"]) ** 0.5
     assert pytest.approx(5.0) == norm  # the clipped gradient of this step's closure
     assert tracer.report(r).to_frame().matches.map(lambda m: m is True).all()
+
+
+def test_subclass_step_calling_super_is_one_step(tmp_path):
+    class ClampedSGD(torch.optim.SGD):
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = super().step(closure)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.clamp_(-1.05, 1.05)
+            return loss
+
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # torch wraps SGD.step for its hooks
+    model, x, y, loss_fn, _ = make_reference()
+    opt = ClampedSGD(model.parameters(), lr=0.01)
+    with tracer.trace(model, opt, path=tmp_path / "t") as run:
+        train_reference(model, x, y, loss_fn, opt, steps=2)
+    assert 2 == run.step
+    df = tracer.load(run.path, kind="update", name="weight")
+    assert [0, 1] == df.step.tolist()  # one row per step, not two
+    assert [0.05, 0.05] == pytest.approx(df.iloc[0]["values"].tolist())  # the clamp included

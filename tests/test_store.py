@@ -34,6 +34,9 @@ def test_layout_only_finished_files_end_in_parquet(reference_trace):
     meta = json.loads((reference_trace / "_tracer.json").read_text())
     assert meta["complete"] is True and 1 == meta["steps"]
     assert [{"class": "SGD", "qualname": "torch.optim.sgd.SGD", "bases": []}] == meta["optimizers"]
+    weight = {"name": "weight", "shape": [1, 2], "dtype": "float64", "requires_grad": True,
+              "optimizer": 0, "param_group": 0}  # fmt: skip
+    assert weight == meta["parameters"][0]
     schema = pq.read_schema(next(reference_trace.glob("*.parquet")))
     assert b"1" == schema.metadata[b"tracer.schema_version"]
 

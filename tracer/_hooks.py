@@ -10,6 +10,7 @@ import functools
 import inspect
 import itertools
 import json
+import sys
 import threading
 from typing import Any, Callable
 
@@ -183,8 +184,7 @@ class Recorder:
                     grad_hook = self._activation_grad_hook(name, call, part, module_type, step)
                     self.tensor_handles.append(t.register_hook(grad_hook))
 
-        # under torch.compile, run the hooks eagerly (a graph break) instead of tracing them
-        return torch.compiler.disable(pre_hook), torch.compiler.disable(hook)
+        return _eager(pre_hook), _eager(hook)
 
     def _activation_grad_hook(
         self, name: str, call: int, part: str, module_type: str, step: int
@@ -193,7 +193,7 @@ class Recorder:
             with torch.no_grad():
                 self.emit("activation_grad", name, call, part, module_type, grad, step=step)
 
-        return torch.compiler.disable(grad_hook)
+        return _eager(grad_hook)
 
     # -- backward ------------------------------------------------------------------
     def on_backward(self, tensors: Any) -> None:
@@ -252,9 +252,11 @@ class Recorder:
         kinds = self.kinds
         want_update = "update" in kinds
         late_grads = [False]  # this step's gradients come from a closure run inside step()
+        depth = [0]  # a subclass's step() calling super().step() runs the hooks twice
 
         def pre_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> Any:
-            if not self.traced:
+            depth[0] += 1
+            if depth[0] > 1 or not self.traced:
                 return None
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
             changed = None
@@ -274,6 +276,9 @@ class Recorder:
 
         @torch.no_grad()
         def post_hook(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+            depth[0] -= 1
+            if depth[0] > 0:
+                return  # the inner step() of a subclass: the outer one ends the step
             snapshots, self._snapshots = self._snapshots, []
             for p, before, info, c, gi, hp in snapshots:
                 if late_grads[0] and p.grad is not None and "grad" in kinds:
@@ -316,6 +321,16 @@ class Recorder:
                             self.emit("state", info.name, 0, part, info.module_type, t, **common)
                 if want_update:
                     self._snapshots.append((p, self._snapshot(p), info, cls, gi, hp))
+
+def _eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Under ``torch.compile``, run a hook eagerly (a graph break) instead of tracing it.
+
+    Only when dynamo is loaded (a compiled model imported it): importing it costs seconds.
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.disable(fn)
+    return fn
+
 
 def _in_backward() -> bool:
     return torch._C._current_autograd_node() is not None

@@ -301,6 +301,24 @@ class Run:
                 _hooks.deactivate(recorder)
             _traced_modules.discard(self._model)
 
+    def _parameters_meta(self) -> list[dict[str, Any]]:
+        """Every parameter, traced or not: frozen ones have no rows, but are listed here."""
+        where: dict[torch.Tensor, tuple[int, int]] = {}
+        for oi, opt in enumerate(self._optimizers):
+            for gi, group in enumerate(opt.param_groups):
+                for p in group["params"]:
+                    where.setdefault(p, (oi, gi))
+        out = []
+        for name, p in self._model.named_parameters():
+            oi, gi = where.get(p, (None, None))
+            out.append(
+                {
+                    "name": name, "shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
+                    "requires_grad": p.requires_grad, "optimizer": oi, "param_group": gi,
+                }  # fmt: skip
+            )
+        return out
+
     def _meta(self, *, complete: bool) -> dict[str, Any]:
         from tracer import __version__
 
@@ -315,6 +333,7 @@ class Run:
             "steps": self.step if complete else None,
             "model": type(self._model).__name__,
             "optimizers": [_optimizer_meta(o) for o in self._optimizers],
+            "parameters": self._parameters_meta(),
             "options": {
                 "capture": sorted(self._kinds),
                 "max_values": self._max_values,
