@@ -66,7 +66,7 @@ def to_text(blocks: Sequence[Block]) -> str:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Section):
-            out.append(to_text([Heading(b.level, b.title), *b.blocks]).rstrip("\n"))
+            out += ["", to_text([Heading(b.level, b.title), *b.blocks]).rstrip("\n")]
         elif isinstance(b, Raw):
             if b.text:
                 out += ["", b.text]
