@@ -12,6 +12,7 @@ import itertools
 import json
 import sys
 import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -67,6 +68,7 @@ class Recorder:
         self._forward_seen = False
         self._snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
         self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
+        self._captured: dict[int, tuple[Any, int, Any]] = {}  # id -> (weakref, version, capture)
 
     # -- rows ----------------------------------------------------------------------
     @property
@@ -89,7 +91,7 @@ class Recorder:
         hparams: str | None = None,
         dtype: str | None = None,
     ) -> None:
-        cap = capture(tensor, self.max_values)
+        cap = self._capture(tensor)
         if dtype is not None:
             cap = cap._replace(dtype=dtype)
         row = (
@@ -108,8 +110,24 @@ class Recorder:
         )
         self.writer.put(row)
 
+    def _capture(self, tensor: torch.Tensor) -> Any:
+        """``capture(tensor)``, once per tensor and version: a module's input is usually the
+        previous module's output, and its statistics are not computed twice."""
+        key = id(tensor)
+        hit = self._captured.get(key)
+        version = tensor._version
+        if hit is not None and hit[0]() is tensor and hit[1] == version:
+            return hit[2]
+        cap = capture(tensor, self.max_values)
+        try:
+            self._captured[key] = (weakref.ref(tensor), version, cap)
+        except TypeError:  # a tensor subclass without weak references
+            pass
+        return cap
+
     def advance(self) -> None:
         """Close the current step."""
+        self._captured.clear()
         self.step += 1
         self._calls.clear()
         self._backward_calls = 0

@@ -17,6 +17,7 @@ import torch
 _EXACT_INT = 2**53  # float64 holds every integer up to this magnitude exactly
 _ROW_OVERHEAD = 256  # rough bytes a row costs besides its values (queue accounting)
 _MAX_DEPTH = 16
+_COPY_FOR_STATS = 4096  # up to this many elements, copying beats computing stats in place
 
 
 class Captured(NamedTuple):
@@ -28,6 +29,7 @@ class Captured(NamedTuple):
     stats: torch.Tensor | None  # float64 [mean, std, min, max, norm, nonfinite], large tensors
     values: torch.Tensor | None  # flattened CPU copy in the original dtype, small tensors
     nbytes: int
+    keep: bool = True  # whether ``values`` go into the trace or only serve the statistics
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -45,9 +47,11 @@ def capture(tensor: torch.Tensor, max_values: int | None) -> Captured:
     dtype = dtype_name(t.dtype)
     if t.device.type == "meta":
         return Captured(shape, dtype, numel, None, None, _ROW_OVERHEAD)
-    if max_values is None or numel <= max_values:
+    keep = max_values is None or numel <= max_values
+    if keep or (numel <= _COPY_FOR_STATS and t.device.type == "cpu"):
+        # a small copy is cheaper than statistics here: the writer thread computes them
         values = torch.flatten(t).to("cpu", copy=True)
-        return Captured(shape, dtype, numel, None, values, _ROW_OVERHEAD + values.nbytes)
+        return Captured(shape, dtype, numel, None, values, _ROW_OVERHEAD + values.nbytes, keep)
     return Captured(shape, dtype, numel, _stats(t), None, _ROW_OVERHEAD)
 
 
@@ -57,17 +61,57 @@ def _stats(t: torch.Tensor) -> torch.Tensor:
         t = t.abs()
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float64 if not t.is_floating_point() else torch.float32)
-    var, mean = torch.var_mean(t, correction=0)
+    if t.device.type == "cpu":
+        return _cpu_stats(t.reshape(-1))
+    var, mean = torch.var_mean(t, correction=0)  # on an accelerator: no sync, one kernel
     lo, hi = torch.aminmax(t)
-    stats = torch.stack([mean, var, lo, hi]).to(torch.float64)
+    nonfinite = torch.isfinite(t).logical_not_().sum()
+    norm = torch.linalg.vector_norm(t)
+    return torch.stack([mean, var.sqrt(), lo, hi, norm, nonfinite.to(t.dtype)]).to(torch.float64).cpu()
+
+
+_BLOCK = 2048
+
+
+def _cpu_stats(t: torch.Tensor) -> torch.Tensor:
+    """``[mean, std, min, max, norm, nonfinite]`` from vectorised reductions.
+
+    On CPU ``torch.var_mean`` (Welford, element by element) is ~15× slower than ``aminmax``,
+    ``sum`` and ``vector_norm``; std = sqrt(E[x²] − mean²) instead, with a shifted second
+    pass only where the mean dominates (cancellation).
+    """
     n = t.numel()
-    norm = torch.sqrt(n * (stats[1] + stats[0] * stats[0]))  # no extra pass over the data
-    if t.device.type == "cpu" and math.isfinite(stats[0].item()) and math.isfinite(stats[1].item()):
-        nonfinite = torch.zeros((), dtype=torch.float64)
-    else:
-        nonfinite = torch.isfinite(t).logical_not_().sum().to(torch.float64)
-        norm = torch.linalg.vector_norm(t).to(torch.float64)  # derived norm is unsafe here
-    return torch.stack([stats[0], stats[1].sqrt(), stats[2], stats[3], norm, nonfinite]).cpu()
+    lo, hi = torch.aminmax(t)
+    total, norm = _blocked(t)
+    lo_, hi_, total_, norm_ = torch.stack([lo.double(), hi.double(), total, norm]).tolist()
+    if not (math.isfinite(lo_) and math.isfinite(hi_) and math.isfinite(norm_)):
+        nonfinite = int(torch.isfinite(t).logical_not_().sum())
+        return torch.tensor([total_ / n, math.nan, lo_, hi_, norm_, nonfinite], dtype=torch.float64)
+    mean = total_ / n
+    mean_square = norm_ * norm_ / n
+    var = mean_square - mean * mean
+    if var <= 1e-3 * mean_square:
+        s, q = _blocked(t - t.new_tensor(mean))
+        var = q.item() ** 2 / n - (s.item() / n) ** 2
+    return torch.tensor([mean, math.sqrt(max(var, 0.0)), lo_, hi_, norm_, 0.0], dtype=torch.float64)
+
+
+def _blocked(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and L2 norm of a flat tensor in float64, at float32 speed: float32 partial
+    results over blocks of 2048, combined in float64."""
+    n = t.numel()
+    m = n // _BLOCK * _BLOCK
+    sums, norms = [], []
+    if m:
+        blocks = t[:m].view(-1, _BLOCK)
+        sums.append(blocks.sum(1, dtype=t.dtype).double())
+        norms.append(torch.linalg.vector_norm(blocks, dim=1).double())
+    if m < n:
+        sums.append(t[m:].sum(dtype=torch.float64).reshape(1))
+        norms.append(torch.linalg.vector_norm(t[m:]).double().reshape(1))
+    total = sums[0].sum() if len(sums) == 1 else torch.cat(sums).sum()
+    norm = torch.linalg.vector_norm(norms[0] if len(norms) == 1 else torch.cat(norms))
+    return total, norm
 
 
 def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | None]:
@@ -82,8 +126,8 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | None]:
         arr = v.abs().to(torch.float64).numpy()
         return _numpy_stats(arr), None  # complex values have no float64 column: stats of |z|
     arr = v.to(torch.float64).numpy()
-    keep = arr
-    if not v.is_floating_point() and arr.size and np.abs(arr).max() > _EXACT_INT:
+    keep = arr if c.keep else None
+    if keep is not None and not v.is_floating_point() and arr.size and np.abs(arr).max() > _EXACT_INT:
         keep = None  # an int64 beyond 2**53 has no exact float64: store no wrong values
     return _numpy_stats(arr), keep
 
