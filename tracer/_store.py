@@ -214,6 +214,7 @@ class Writer:
                 table,
                 tmp,
                 compression=self.compression,
+                compression_level=1 if self.compression == "zstd" else None,  # speed over ratio
                 use_dictionary=list(STRING_COLUMNS),  # not the floats: dictionary encoding is slow there
                 use_byte_stream_split=["values.list.element"],  # float64 of float32 data compresses well
                 write_statistics=_STAT_COLUMNS,

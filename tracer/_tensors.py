@@ -125,6 +125,12 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | None]:
     if v.is_complex():
         arr = v.abs().to(torch.float64).numpy()
         return _numpy_stats(arr), None  # complex values have no float64 column: stats of |z|
+    if v.numel() > _COPY_FOR_STATS and v.is_floating_point():
+        # large (full capture): vectorised float32 reductions, not six float64 numpy passes
+        stats = _cpu_stats(v if v.dtype in (torch.float32, torch.float64) else v.float())
+        mean, std, lo, hi, norm, nonfinite = stats.tolist()
+        keep_arr = v.to(torch.float64).numpy() if c.keep else None
+        return (mean, std, lo, hi, norm, int(nonfinite)), keep_arr
     arr = v.to(torch.float64).numpy()
     keep = arr if c.keep else None
     if keep is not None and not v.is_floating_point() and arr.size and np.abs(arr).max() > _EXACT_INT:
