@@ -184,7 +184,8 @@ def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) 
             label = "ŷ" if n == 1 else f"ŷ[{i}]"
             lines.append(f"- ∂L/∂{label} = {k}·{arg(e[i])} = {num(got_g)} {_ok(got_g, g[i])}")
         return lines
-    if fn.startswith("L1Loss"):
+    if fn.startswith("L1Loss") or (fn.startswith("MeanBackward") and np.allclose(np.abs(g), 1 / n)):
+        # F.l1_loss is mean(|ŷ − y|): its gradient is ±1/N everywhere
         return [
             f"**Loss.** Mean absolute error: L = 1/N · Σ |ŷᵢ − yᵢ| = {num(loss)} (traced).",
             "**Gradients by the chain rule.** ∂L/∂ŷᵢ = sign(ŷᵢ − yᵢ)/N: "
