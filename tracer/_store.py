@@ -123,7 +123,7 @@ class Writer:
         *,
         rank: int = 0,
         flush_seconds: float = 1.0,
-        max_queue_bytes: int = 256 << 20,
+        max_queue_bytes: int = 96 << 20,
         compression: str = "zstd",
     ) -> None:
         self.directory = directory
@@ -172,24 +172,26 @@ class Writer:
     def _run(self) -> None:
         buffer: list[tuple[Row, int]] = []
         buffered_bytes = 0
+        file_bytes = max(self.max_queue_bytes // 4, 1)  # a file is written at least this often
         deadline = time.monotonic() + self.flush_seconds
         while True:
+            control = None
             with self._cond:
                 while not self._queue:
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break
                     self._cond.wait(timeout)
-                items = list(self._queue)
-                self._queue.clear()
-            control = None
-            for item, extra in items:
-                if item is _FLUSH or item is _CLOSE:
-                    control = (item, extra)
-                    continue
-                buffer.append((item, extra))
-                buffered_bytes += extra
-            if control or time.monotonic() >= deadline or buffered_bytes > self.max_queue_bytes // 4:
+                # take rows up to one file's worth: converting a whole full queue at once
+                # would multiply its memory (float64 values, Arrow buffers, encoding)
+                while self._queue and buffered_bytes <= file_bytes:
+                    item, extra = self._queue.popleft()
+                    if item is _FLUSH or item is _CLOSE:
+                        control = (item, extra)
+                        break
+                    buffer.append((item, extra))
+                    buffered_bytes += extra
+            if control or time.monotonic() >= deadline or buffered_bytes > file_bytes:
                 if buffer:
                     self._write(buffer)
                 buffer = []
