@@ -197,7 +197,8 @@ class Run:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self._recorder is not None and self._writer is not None
+        if self._state != "running" or self._recorder is None or self._writer is None:
+            return  # not entered (or already left): nothing to undo
         try:
             self._uninstall()
         finally:
