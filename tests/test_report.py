@@ -292,3 +292,11 @@ def test_a_long_report_writes_each_rule_once_and_folds_steps(tmp_path):
     assert "‖Δθ‖/‖θ‖" in page
     text = str(rep)
     assert "Step 24" in text and "✗" not in text.split("could not be checked.")[1]
+
+
+def test_html_formulas_are_mathml_when_latex2mathml_is_installed(reference_trace):
+    pytest.importorskip("latex2mathml")
+    page = tracer.report(reference_trace).to_html(findings=False)
+    assert '<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in page
+    assert "&#x003B8;" in page or "θ" in page  # θ, rendered by the browser, no script
+    assert "<script" not in page

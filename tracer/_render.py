@@ -123,7 +123,8 @@ _CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
 h1{font-size:1.6rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}h3{font-size:1.05rem;margin-bottom:.3rem}
 pre,code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
-pre.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
+pre.rule,div.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
+div.rule math{display:block;text-align:left;margin:.15rem 0;font-size:1.1em}
 ul.arith{list-style:none;padding-left:.8rem}table{border-collapse:collapse;margin:.5rem 0}
 td,th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}th{background:#f6f8fa}
 details{margin:.2rem 0 .6rem}summary{cursor:pointer;color:#57606a;font-size:.85em}
@@ -163,9 +164,30 @@ def to_html_body(blocks: Sequence[Block]) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in b.rows)
             out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Formula):
-            out.append(f'<pre class="rule">{_esc(b.text)}</pre>')
+            mathml = _mathml(b.latex)
+            if mathml is None:
+                out.append(f'<pre class="rule">{_esc(b.text)}</pre>')
+            else:
+                out.append(f'<div class="rule" role="math" aria-label="{_esc(b.text)}">{mathml}</div>')
             out.append(f"<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>")
     return "\n".join(out)
+
+
+def _mathml(latex: str) -> str | None:
+    """The formula as MathML, one ``<math>`` per line (browsers render it natively), or None
+    without the optional ``latex2mathml`` package (``pip install 'torch-tracer[math]'``)."""
+    if not latex:
+        return None
+    try:
+        from latex2mathml.converter import convert
+    except ImportError:
+        return None
+    body = re.sub(r"^\\begin\{aligned\}|\\end\{aligned\}$", "", latex.strip())
+    lines = [line.replace("&", "").strip() for line in body.split(r"\\")]
+    try:
+        return "".join(convert(line, display="block") for line in lines if line)
+    except Exception:  # noqa: BLE001 - a formula the converter cannot read: show the text
+        return None
 
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
