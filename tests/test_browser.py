@@ -56,7 +56,7 @@ _MEASURE = """
   }
   var out = {
     height: Math.ceil(document.documentElement.scrollHeight),
-    formulas: boxes("pre.rule"),
+    formulas: boxes(".rule"),
     plots: boxes("figure.tracer-plot svg"),
     findings: boxes(".tracer-findings table"),
     scripts: document.scripts.length,
