@@ -67,6 +67,9 @@ def test_amp_gradscaler_unscaled_grads_and_skipped_step(tmp_path):
     assert ("SGD", 1) == (skipped["name"], skipped["step"])
     assert "update" in kinds_at(df, 2)
     assert "GradScaler skipped SGD.step() at this step" in str(tracer.report(run))
+    from tracer._summary import format_summary, summarize
+
+    assert "skipped    steps 1: the GradScaler skipped" in format_summary(summarize(run.path))
     assert torch.amp.GradScaler._maybe_opt_step.__name__ == "_maybe_opt_step"
     assert not hasattr(torch.amp.GradScaler._maybe_opt_step, "__wrapped__")  # patch removed
 

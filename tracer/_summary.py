@@ -41,6 +41,7 @@ def summarize(path: Path) -> dict[str, Any]:
         "loss": _loss(lead),
         "parameters": _norms(lead),
         "first_nonfinite": _first_nonfinite(path, rows),
+        "skipped_steps": sorted({int(x) for x in rows.loc[rows["kind"] == "skipped", "step"]}),
     }
 
 
@@ -134,6 +135,9 @@ def format_summary(s: dict[str, Any]) -> str:
                 shown += f", ... ({len(names) - _MAX_NAMES} more)"
             lines.append(f"  {kind:<{width}}  {shown}")
     lines.append("non-finite " + _nonfinite_text(s["first_nonfinite"]))
+    if s.get("skipped_steps"):
+        shown = ", ".join(map(str, s["skipped_steps"]))
+        lines.append(f"skipped    steps {shown}: the GradScaler skipped optimizer.step() (inf/NaN gradients)")
     if s["loss"]:
         lines += ["", "loss per step"]
         lines += _table(
