@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -394,12 +392,4 @@ def _walk_blocks(lines: list[str]) -> list[Block]:
         out.append(Para(line))
     if items:
         out.append(Items(tuple(items), code=True))
-    return out
-
-
-def write(report_: Report, path: str | os.PathLike[str], fmt: str = "markdown") -> Path:
-    """Write a rendering of ``report_`` to ``path``."""
-    text = {"markdown": report_.to_markdown, "html": report_.to_html, "latex": report_.to_latex, "text": report_.to_text}[fmt]()
-    out = Path(path)
-    out.write_text(text, encoding="utf-8")
     return out
