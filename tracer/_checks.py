@@ -52,6 +52,12 @@ class UpdateCheck:
         return {**self.hparams, "params": self.group_size}
 
     @property
+    def update_ratio(self) -> float:
+        """‖Δθ‖ / ‖θ‖ (NaN when the parameter's norm is unknown or zero)."""
+        param = self.norms.get("param")
+        return self.norms.get("update", math.nan) / param if param else math.nan
+
+    @property
     def rule_object(self) -> rules.Rule | None:
         rule, _ = rules.rule_for(self.rule_class) if self.rule_class else (None, None)
         return rule

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from tracer._errors import TraceWriteError
 from tracer._store import Writer
 from tracer._tensors import capture, walk
 
@@ -63,7 +64,6 @@ class Recorder:
         self.tensor_handles: list[Any] = []
         self._seq = itertools.count()
         self._calls: dict[str, int] = {}
-        self._open: dict[str, list[int | None]] = {}
         self._backward_calls = 0
         self._forward_seen = False
         self._snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
@@ -136,8 +136,6 @@ class Recorder:
 
     def check_writer(self) -> None:
         if self.writer.error is not None and not self.stopped:
-            from tracer._errors import TraceWriteError
-
             if self.on_error == "warn":
                 import warnings
 
@@ -159,7 +157,7 @@ class Recorder:
         self, name: str, module_type: str, *, selected: bool, is_root: bool
     ) -> tuple[Callable[..., None], Callable[..., None]]:
         """The forward pre-hook and forward hook for one module."""
-        stack: list[int | None] = self._open.setdefault(name, [])
+        stack: list[int | None] = []  # call index of each forward in flight (None: untraced)
         want_inputs = selected and "input" in self.kinds
         want_outputs = selected and "activation" in self.kinds
         want_grads = selected and "activation_grad" in self.kinds

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from tracer import _hooks
+from tracer._errors import TraceWriteError
 from tracer._schema import KINDS, META_FILE, SCHEMA_VERSION
-from tracer._store import Writer, prepare_directory, write_json_atomic
+from tracer._store import Writer, check_destination, prepare_directory, write_json_atomic
 
 if TYPE_CHECKING:
     import pandas
@@ -213,8 +214,6 @@ class Run:
             except OSError as exc:
                 error = exc
         if error is not None and exc_type is None and self._on_error == "raise":
-            from tracer._errors import TraceWriteError
-
             raise TraceWriteError(f"tracer could not write to {str(self.path)!r}: {error}") from error
 
     # -- reading -----------------------------------------------------------------
@@ -239,15 +238,7 @@ class Run:
 
     # -- internals ---------------------------------------------------------------
     def _check_path(self) -> None:
-        from tracer._store import is_trace
-
-        if not self._overwrite and is_trace(self.path):
-            raise FileExistsError(
-                f"{str(self.path)!r} already holds a trace; pass overwrite=True to replace it "
-                "or choose another path"
-            )
-        if self.path.exists() and not self.path.is_dir():
-            raise FileExistsError(f"trace path {str(self.path)!r} is a file; pass a directory path")
+        check_destination(self.path, overwrite=self._overwrite)
 
     def _selected(self, name: str) -> bool:
         if self._include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self._include):

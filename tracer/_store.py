@@ -31,7 +31,6 @@ from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_CO
 from tracer._tensors import Captured, finish
 
 _PART_GLOB = "part-*.parquet"
-_TMP_GLOB = ".part-*.tmp"
 _STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
 _FLUSH = object()
 _CLOSE = object()
@@ -45,19 +44,30 @@ def is_trace(path: Path) -> bool:
     return path.is_dir() and ((path / META_FILE).is_file() or any(path.glob(_PART_GLOB)))
 
 
+def _holds_a_trace(path: Path) -> FileExistsError:
+    return FileExistsError(
+        f"{str(path)!r} already holds a trace; pass overwrite=True to replace it or choose another path"
+    )
+
+
+def check_destination(path: Path, *, overwrite: bool) -> None:
+    """Refuse, before anything is written, a path that is a file or already holds a trace."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"trace path {str(path)!r} is a file; pass a directory path")
+    if not overwrite and is_trace(path):
+        raise _holds_a_trace(path)
+
+
 def prepare_directory(path: Path, *, overwrite: bool, rank: int) -> None:
     """Make ``path`` ready for a new trace, deleting only files a trace wrote, and only if asked."""
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"trace path {str(path)!r} is a file; pass a directory path")
+        check_destination(path, overwrite=overwrite)
     own = f"part-{rank:05d}-*" if rank else "part-*"
     existing = [*path.glob(own + ".parquet"), *path.glob("." + own + ".tmp")] if path.is_dir() else []
     if rank == 0 and (path / META_FILE).is_file():
         existing.append(path / META_FILE)
     if existing and not overwrite:
-        raise FileExistsError(
-            f"{str(path)!r} already holds a trace; pass overwrite=True to replace it "
-            "or choose another path"
-        )
+        raise _holds_a_trace(path)
     if path.is_dir() and not existing and rank == 0:
         foreign = [p.name for p in path.rglob("*.parquet")]
         if foreign:

@@ -122,7 +122,7 @@ class Report:
         """One row per (step, parameter) update; see ``FRAME_COLUMNS``."""
         records = []
         for c in self.checks:
-            ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+            ratio = c.update_ratio
             records.append(
                 {
                     "step": c.step, "name": c.name, "optimizer": c.optimizer, "rule": c.rule,
@@ -252,7 +252,7 @@ class Report:
             if lines:
                 out.append(Items(tuple(lines), code=True))
         else:
-            ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+            ratio = c.update_ratio
             out.append(
                 Para(
                     f"‖g‖ = {num(c.norms.get('grad', math.nan))}, ‖Δθ‖ = {num(c.norms.get('update', math.nan))}, "
@@ -371,7 +371,7 @@ def _step_table(checks: list[UpdateCheck]) -> Table:
     rows = []
     for c in checks:
         mark = {True: "✓", False: "✗", None: "–"}[c.matches]
-        ratio = c.norms.get("update", math.nan) / c.norms["param"] if c.norms.get("param") else math.nan
+        ratio = c.update_ratio
         rows.append(
             (c.name, f"{mark} {c.check or c.reason or ''}"[:80], num(c.max_abs_error) if c.max_abs_error is not None else "–",
              num(c.norms.get("grad", math.nan)), num(c.norms.get("update", math.nan)), num(ratio))
