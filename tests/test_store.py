@@ -10,14 +10,18 @@ import sys
 import textwrap
 import time
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
-from _reference import make_reference, train_reference
+import tracer._store
+from tracer._schema import COLUMNS as SCHEMA_NAMES
 
 
 def _trace_once(path, **kwargs):
@@ -88,6 +92,51 @@ def test_filtered_load(tmp_path):
     assert ["step", "values"] == list(cols.columns)
     with pytest.raises(ValueError, match=r"unknown columns \['nope'\]"):
         tracer.load(run, columns=["nope"])
+
+
+def _mlp_trace(path, steps=3, **kwargs):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 32, dtype=torch.float64), torch.randn(16, 32, dtype=torch.float64)
+    with tracer.trace(model, opt, path=path, max_values=None, flush_seconds=60, **kwargs):
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+
+def test_large_files_are_grouped_by_kind_and_name_and_load_restores_training_order(tmp_path, monkeypatch):
+    _mlp_trace(tmp_path / "plain")
+    monkeypatch.setattr(tracer._store, "ROW_GROUP_BYTES", 16 << 10)
+    monkeypatch.setattr(tracer._store, "_MIN_GROUP_BYTES", 4 << 10)
+    _mlp_trace(tmp_path / "grouped")
+
+    (file,) = (tmp_path / "grouped").glob("*.parquet")
+    meta = pq.ParquetFile(file).metadata
+    assert meta.num_row_groups > 8
+    kind_col, name_col = SCHEMA_NAMES.index("kind"), SCHEMA_NAMES.index("name")
+    for i in range(meta.num_row_groups):
+        kind = meta.row_group(i).column(kind_col).statistics
+        assert kind.has_min_max and kind.min == kind.max  # a group never spans two kinds
+    weight_groups = [
+        meta.row_group(i).column(name_col).statistics
+        for i in range(meta.num_row_groups)
+        if meta.row_group(i).column(kind_col).statistics.min == "grad"
+    ]
+    assert {(g.min, g.max) for g in weight_groups} >= {("0.weight", "0.weight"), ("2.weight", "2.weight")}
+
+    plain, grouped = tracer.load(tmp_path / "plain"), tracer.load(tmp_path / "grouped")
+    assert list(grouped.seq) == sorted(grouped.seq) and list(grouped.step) == sorted(grouped.step)
+    columns = [c for c in plain.columns if c not in ("values", "shape")]
+    pd.testing.assert_frame_equal(plain[columns], grouped[columns])
+    for a, b in zip(plain["values"], grouped["values"]):
+        assert np.array_equal(a, b)
+    assert not grouped["values"][0].flags.writeable  # a view of the Arrow buffer, not a copy
+
+    grads = tracer.load(tmp_path / "grouped", kind="grad", name="2.weight")
+    assert grads.step.tolist() == [0, 1, 2]
+    assert tracer.load(tmp_path / "grouped", kind="loss", step=1).step.tolist() == [1]
 
 
 def test_load_errors_name_the_problem(tmp_path, reference_trace):

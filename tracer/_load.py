@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from tracer._store import load_table
+import numpy as np
+import pyarrow as pa
+
+from tracer._store import read_trace
 
 if TYPE_CHECKING:
     import pandas
@@ -54,17 +57,47 @@ def load(
     Raises:
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
     """
-    table = load_table(trace_path(trace), kind=kind, name=name, step=step, columns=columns, errors=errors)
-    return to_frame(table)
+    path = trace_path(trace)
+    table, order = read_trace(path, kind=kind, name=name, step=step, columns=columns, errors=errors)
+    return to_frame(table, order)
 
 
 _NULLABLE = {"nonfinite": "Int64", "param_group": "Int64", "grad_enabled": "boolean"}
 
 
-def to_frame(table: Any) -> "pandas.DataFrame":
-    """Arrow table -> DataFrame; integer/bool columns that may be null keep their type."""
-    frame = table.to_pandas()
+def to_frame(table: pa.Table, order: np.ndarray | None = None) -> "pandas.DataFrame":
+    """Arrow table -> DataFrame, rows taken in ``order`` when given.
+
+    Integer/bool columns that may be null keep their type. Each ``values`` entry is a
+    read-only NumPy view of the Arrow buffer, not a copy: converting a full-capture trace
+    costs little more than reading it.
+    """
+    has_values = "values" in table.column_names
+    frame = table.drop_columns(["values"]).to_pandas() if has_values else table.to_pandas()
     for column, dtype in _NULLABLE.items():
         if column in frame.columns:
             frame[column] = frame[column].astype(dtype)
+    if has_values:
+        frame.insert(table.column_names.index("values"), "values", _value_views(table["values"]))
+    if order is not None:
+        frame = frame.take(order).reset_index(drop=True)
     return frame
+
+
+def _value_views(column: pa.ChunkedArray) -> np.ndarray:
+    """One read-only float64 array (a view, no copy) or None per row of a list column."""
+    out = np.empty(len(column), dtype=object)
+    start = 0
+    for chunk in column.chunks:
+        n = len(chunk)
+        offsets = chunk.offsets.to_numpy()
+        flat = chunk.values
+        if flat.null_count:  # never written so; read it the slow way rather than fail
+            for i, v in enumerate(chunk.to_pylist()):
+                out[start + i] = None if v is None else np.asarray(v, dtype=np.float64)
+        else:
+            data = flat.to_numpy(zero_copy_only=True)
+            for i in np.flatnonzero(chunk.is_valid().to_numpy(zero_copy_only=False)).tolist():
+                out[start + i] = data[offsets[i] : offsets[i + 1]]  # item by item: never broadcast
+        start += n
+    return out

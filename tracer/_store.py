@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tracer._errors import TraceFormatError
-from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_COLUMNS
+from tracer._schema import COLUMNS, KINDS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_COLUMNS
 from tracer._tensors import Captured, finish
 
 _PART_GLOB = "part-*.parquet"
@@ -221,16 +221,22 @@ class Writer:
         name = f"part-{self.rank:05d}-{self._session}-{self.files_written:06d}"
         tmp = self.directory / f".{name}.tmp"
         try:
-            table = rows_to_table([row for row, _ in buffer], self.rank)
-            pq.write_table(
-                table,
+            rows = [row for row, _ in buffer]
+            grouped = sum(nbytes for _, nbytes in buffer) > ROW_GROUP_BYTES
+            if grouped:  # see row_groups
+                rows.sort(key=lambda row: (_KIND_ORDER.get(row[2], len(KINDS)), row[3]))
+            table = rows_to_table(rows, self.rank)
+            with pq.ParquetWriter(
                 tmp,
+                SCHEMA,
                 compression=self.compression,
                 compression_level=1 if self.compression == "zstd" else None,  # speed over ratio
                 use_dictionary=list(STRING_COLUMNS),  # not the floats: dictionary encoding is slow there
                 use_byte_stream_split=["values.list.element"],  # float64 of float32 data compresses well
                 write_statistics=_STAT_COLUMNS,
-            )
+            ) as file:
+                for start, stop in row_groups(table) if grouped else [(0, table.num_rows)]:
+                    file.write_table(table.slice(start, stop - start), row_group_size=stop - start)
             os.replace(tmp, self.directory / f"{name}.parquet")
         except BaseException as exc:  # noqa: BLE001 - reported to the training thread
             self.error = exc
@@ -241,6 +247,39 @@ class Writer:
             return
         self.files_written += 1
         self.rows_written += len(buffer)
+
+
+ROW_GROUP_BYTES = 16 << 20
+"""A file whose rows hold more than this is written in row groups of about this size."""
+_MIN_GROUP_BYTES = 1 << 20
+_KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+
+
+def row_groups(table: pa.Table) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the row groups of a large file.
+
+    The rows of a large file are sorted by kind, then name (training order within a name);
+    a row group never spans two kinds, holds at most about :data:`ROW_GROUP_BYTES` of values,
+    and ends where a name ends once it holds 1 MiB (a large tensor gets groups of its own).
+    The min/max statistics of ``kind``, ``name`` and ``step`` then let a filtered read
+    (``load(path, kind="loss")``, ``name=``, ``step=``) skip the groups it does not need.
+    ``tracer.load`` restores training order.
+    """
+    kinds, names = table["kind"].to_pylist(), table["name"].to_pylist()
+    values = table["values"].combine_chunks()
+    sizes = (np.diff(values.offsets.to_numpy()) * 8 + 64).tolist()  # float64 values + the rest of a row
+    groups, start, size = [], 0, 0
+    for i, nbytes in enumerate(sizes):
+        if i > start and (
+            kinds[i] != kinds[start]
+            or size >= ROW_GROUP_BYTES
+            or (size >= _MIN_GROUP_BYTES and names[i] != names[i - 1])
+        ):
+            groups.append((start, i))
+            start, size = i, 0
+        size += nbytes
+    groups.append((start, len(kinds)))
+    return groups
 
 
 def rows_to_table(rows: Sequence[Row], rank: int) -> pa.Table:
@@ -367,7 +406,7 @@ def _has_glob(names: Iterable[str]) -> bool:
     return any(ch in n for n in names for ch in "*?[")
 
 
-def load_table(
+def read_trace(
     path: Path,
     *,
     kind: str | Iterable[str] | None = None,
@@ -375,8 +414,14 @@ def load_table(
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
     errors: str = "raise",
-) -> pa.Table:
-    """Read a trace as an Arrow table in training order, with filters pushed into the reader."""
+) -> tuple[pa.Table, np.ndarray | None]:
+    """Read a trace with filters pushed into the reader, as stored.
+
+    Returns the table and the permutation that puts its rows in training order (``None``
+    when they already are). Large files group their rows by kind and name (see
+    :meth:`Writer._write`), so the caller reorders; reordering a DataFrame moves pointers,
+    reordering the Arrow table would copy every value.
+    """
     files = check_trace_dir(path, errors)
     if columns is not None:
         unknown = [c for c in columns if c not in COLUMNS]
@@ -394,7 +439,7 @@ def load_table(
     wanted = list(columns) if columns is not None else list(COLUMNS)
     read = list(dict.fromkeys([*wanted, "step", "rank", "seq", *(["name"] if glob else [])]))
     if not files:
-        return SCHEMA.empty_table().select(wanted)
+        return SCHEMA.empty_table().select(wanted), None
     dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
     try:
         table = dataset.to_table(columns=read, filter=expr)
@@ -403,15 +448,15 @@ def load_table(
     if glob:
         keep = [any(fnmatch.fnmatchcase(n, p) for p in names) for n in table["name"].to_pylist()]
         table = table.filter(pa.array(keep, type=pa.bool_()))
-    if not _in_training_order(table):
-        table = table.sort_by([("step", "ascending"), ("rank", "ascending"), ("seq", "ascending")])
-    return table.select(wanted)
+    return table.select(wanted), _training_order(table)
 
 
-def _in_training_order(table: pa.Table) -> bool:
-    """Whether rows already run by (step, rank, seq): one rank's files are written so."""
+def _training_order(table: pa.Table) -> np.ndarray | None:
+    """The permutation that sorts rows by (step, rank, seq); None when they already are."""
     if table.num_rows < 2:
-        return True
+        return None
     step, rank, seq = (table[c].to_numpy() for c in ("step", "rank", "seq"))
     ds, dr, dq = np.diff(step), np.diff(rank), np.diff(seq)
-    return bool(np.all((ds > 0) | ((ds == 0) & ((dr > 0) | ((dr == 0) & (dq >= 0))))))
+    if np.all((ds > 0) | ((ds == 0) & ((dr > 0) | ((dr == 0) & (dq >= 0))))):
+        return None
+    return np.lexsort((seq, rank, step))

@@ -23,7 +23,7 @@ from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
 from tracer._render import to_text as _to_text
-from tracer._store import load_table, read_meta
+from tracer._store import read_meta, read_trace
 from tracer.rules._base import num
 
 FRAME_COLUMNS = [
@@ -62,7 +62,7 @@ def report(
     else:
         path = trace_path(trace)
         meta = read_meta(path)
-        df = to_frame(load_table(path, step=step))
+        df = to_frame(*read_trace(path, step=step))
         source = str(path)
     optimizer_bases = {o["class"]: list(o.get("bases", [])) for o in meta.get("optimizers", [])}
     params = df
