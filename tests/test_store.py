@@ -185,6 +185,26 @@ def test_writer_flushes_while_training_runs(tmp_path):
         assert list(run.path.glob("*.parquet")), "nothing flushed within the flush interval"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_writer_threads_write_every_row_once_and_flush_waits_for_them(tmp_path, threads):
+    from tracer._store import Writer
+    from tracer._tensors import capture
+
+    writer = Writer(tmp_path, flush_seconds=60, max_queue_bytes=1 << 16, threads=threads)  # many small files
+    tensors = [torch.full((1000,), float(i), dtype=torch.float64) for i in range(60)]
+    for i, t in enumerate(tensors[:40]):
+        writer.put((0, i, "grad", f"p{i}", 0, "", None, capture(t, None), None, None, None, None))
+    writer.flush()  # returns only when every row put so far is in a finished file
+    assert 40 == sum(pq.ParquetFile(f).metadata.num_rows for f in tmp_path.glob("*.parquet"))
+    for i, t in enumerate(tensors[40:], start=40):
+        writer.put((1, i, "grad", f"p{i}", 0, "", None, capture(t, None), None, None, None, None))
+    writer.close()
+    assert writer.files_written > 2 and writer.rows_written == 60 and writer.error is None
+    frame = tracer.load(tmp_path)
+    assert frame.seq.tolist() == list(range(60))
+    assert [float(v[0]) for v in frame["values"]] == [float(i) for i in range(60)]
+
+
 def test_write_failure_is_raised_and_training_is_untouched(tmp_path):
     model, x, y, loss_fn, opt = make_reference()
     path = tmp_path / "t"

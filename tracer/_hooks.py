@@ -241,7 +241,7 @@ class Recorder:
         """
         after = p.detach()
         if self.max_values is None or after.numel() <= self.max_values:
-            return after.to(torch.float64) - before.to(torch.float64)
+            return torch.sub(after.to(torch.float64), before)  # `before` is promoted exactly
         if after.dtype in (torch.float16, torch.bfloat16):
             return after.float() - before.float()
         return after - before

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import torch
 
 from tracer._errors import TraceFormatError
 from tracer._schema import COLUMNS, KINDS, META_FILE, SCHEMA, SCHEMA_VERSION, STRING_COLUMNS
@@ -32,8 +34,6 @@ from tracer._tensors import Captured, finish
 
 _PART_GLOB = "part-*.parquet"
 _STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
-_FLUSH = object()
-_CLOSE = object()
 
 
 # --------------------------------------------------------------------------- directory
@@ -120,11 +120,15 @@ Row = tuple  # (step, seq, kind, name, call, part, module_type, Captured, grad_e
 
 
 class Writer:
-    """Writes rows to Parquet files on a background thread, through a bounded queue.
+    """Writes rows to Parquet files on background threads, through a bounded queue.
 
     ``put`` blocks while more than ``max_queue_bytes`` wait to be written, so memory stays
     flat whatever the run length. A file is written (then renamed into place) at least
-    every ``flush_seconds``.
+    every ``flush_seconds``, or as soon as a quarter of the bound is queued. ``threads``
+    files are encoded at once (default: 2 where there are 2 cores or more): Parquet
+    encoding, not the disk, is what limits a full capture, and pyarrow encodes without
+    the GIL. Files may then finish out of order; every row has its ``seq``, and
+    ``tracer.load`` returns training order.
     """
 
     def __init__(
@@ -133,8 +137,9 @@ class Writer:
         *,
         rank: int = 0,
         flush_seconds: float = 1.0,
-        max_queue_bytes: int = 96 << 20,
+        max_queue_bytes: int = 64 << 20,
         compression: str = "zstd",
+        threads: int | None = None,
     ) -> None:
         self.directory = directory
         self.rank = rank
@@ -145,87 +150,118 @@ class Writer:
         self.rows_written = 0
         self.files_written = 0
         self._session = uuid.uuid4().hex[:8]
-        self._queue: deque[Any] = deque()
-        self._queued_bytes = 0
+        self._queue: deque[tuple[Row, int]] = deque()
+        self._queued_bytes = 0  # put and not yet written (waiting or being encoded)
+        self._waiting_bytes = 0  # in the queue, not yet taken by a thread
+        self._file_bytes = max(max_queue_bytes // 4, 1)  # a file is written at least this often
+        self._rows_put = 0
+        self._rows_done = 0  # written, or dropped after an error
+        self._next_file = 0
+        self._flushing = 0
+        self._closing = False
+        self._deadline = time.monotonic() + flush_seconds
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="tracer-writer", daemon=True)
-        self._thread.start()
+        count = threads if threads is not None else min(2, os.cpu_count() or 1)
+        self._threads = [
+            threading.Thread(target=self._run, name=f"tracer-writer-{i}", daemon=True) for i in range(max(count, 1))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
 
     # -- training thread ------------------------------------------------------------
     def put(self, row: Row) -> None:
         nbytes = row[7].nbytes
         with self._cond:
-            while self._queued_bytes > self.max_queue_bytes and self._thread.is_alive():
+            while self._queued_bytes > self.max_queue_bytes and self._alive():
                 self._cond.wait(0.1)
             self._queue.append((row, nbytes))
             self._queued_bytes += nbytes
-            if self._queued_bytes > self.max_queue_bytes // 4:
-                self._cond.notify_all()  # else the writer wakes at its flush deadline
+            self._waiting_bytes += nbytes
+            self._rows_put += 1
+            if self._waiting_bytes >= self._file_bytes:
+                self._cond.notify()  # else a thread wakes at the flush deadline
 
     def flush(self) -> None:
         """Block until every row put so far is in a finished file."""
-        done = threading.Event()
         with self._cond:
-            self._queue.append((_FLUSH, done))
+            target = self._rows_put
+            self._flushing += 1
             self._cond.notify_all()
-        while not done.wait(0.1):
-            if not self._thread.is_alive():
-                break
+            try:
+                while self._rows_done < target and self._alive():
+                    self._cond.wait(0.1)
+            finally:
+                self._flushing -= 1
 
     def close(self) -> None:
         with self._cond:
-            self._queue.append((_CLOSE, None))
+            self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
-    # -- writer thread ----------------------------------------------------------------
+    # -- writer threads ---------------------------------------------------------------
     def _run(self) -> None:
-        buffer: list[tuple[Row, int]] = []
-        buffered_bytes = 0
-        file_bytes = max(self.max_queue_bytes // 4, 1)  # a file is written at least this often
-        deadline = time.monotonic() + self.flush_seconds
+        values = ValuesBuffer()
         while True:
-            control = None
             with self._cond:
-                while not self._queue:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
+                while True:
+                    now = time.monotonic()
+                    if self._queue and (
+                        self._closing
+                        or self._flushing
+                        or now >= self._deadline
+                        or self._waiting_bytes >= self._file_bytes
+                    ):
                         break
-                    self._cond.wait(timeout)
-                # take rows up to one file's worth: converting a whole full queue at once
-                # would multiply its memory (float64 values, Arrow buffers, encoding)
-                while self._queue and buffered_bytes <= file_bytes:
-                    item, extra = self._queue.popleft()
-                    if item is _FLUSH or item is _CLOSE:
-                        control = (item, extra)
-                        break
-                    buffer.append((item, extra))
-                    buffered_bytes += extra
-            if control or time.monotonic() >= deadline or buffered_bytes > file_bytes:
-                if buffer:
-                    self._write(buffer)
-                buffer = []
+                    if self._closing:
+                        return  # queue empty: every row is written
+                    if not self._queue and now >= self._deadline:
+                        self._deadline = now + self.flush_seconds  # nothing was due
+                    self._cond.wait(max(self._deadline - now, 0.001))
+                # one file's worth: converting a whole full queue at once would multiply its
+                # memory (float64 values, Arrow buffers, encoding)
+                batch: list[tuple[Row, int]] = []
+                batch_bytes = 0
+                while self._queue and batch_bytes <= self._file_bytes:
+                    item = self._queue.popleft()
+                    batch.append(item)
+                    batch_bytes += item[1]
+                self._waiting_bytes -= batch_bytes
+                count = len(batch)
+                index = self._next_file
+                self._next_file += 1
+                self._deadline = time.monotonic() + self.flush_seconds
+            written = False
+            try:
+                written = self._write([row for row, _ in batch], index, values)
+                del batch[:]  # the captured tensors go now, not when the next batch replaces them
+                if batch_bytes >= _TRIM_BYTES:
+                    _release_free_memory()
+            finally:
                 with self._cond:
-                    self._queued_bytes -= buffered_bytes
+                    self._queued_bytes -= batch_bytes
+                    self._rows_done += count
+                    if written:
+                        self.files_written += 1
+                        self.rows_written += count
                     self._cond.notify_all()
-                buffered_bytes = 0
-                deadline = time.monotonic() + self.flush_seconds
-            if control is not None:
-                if control[0] is _CLOSE:
-                    return
-                control[1].set()
 
-    def _write(self, buffer: list[tuple[Row, int]]) -> None:
+    def _write(self, rows: list[Row], index: int, values: ValuesBuffer) -> bool:
+        """Write ``rows`` to file number ``index``; False when nothing was written."""
         if self.error is not None:
-            return  # already failed: rows are dropped, the error is raised to the user
-        name = f"part-{self.rank:05d}-{self._session}-{self.files_written:06d}"
+            return False  # already failed: rows are dropped, the error is raised to the user
+        name = f"part-{self.rank:05d}-{self._session}-{index:06d}"
         tmp = self.directory / f".{name}.tmp"
         try:
-            rows = [row for row, _ in buffer]
-            grouped = sum(nbytes for _, nbytes in buffer) > ROW_GROUP_BYTES
+            grouped = sum(row[7].nbytes for row in rows) > ROW_GROUP_BYTES
             if grouped:  # see row_groups
                 rows.sort(key=lambda row: (_KIND_ORDER.get(row[2], len(KINDS)), row[3]))
-            table = rows_to_table(rows, self.rank)
+            columns, row_values = encode_rows(rows, self.rank)
+            groups = row_groups(rows, row_values) if grouped else [(0, len(rows))]
             with pq.ParquetWriter(
                 tmp,
                 SCHEMA,
@@ -235,8 +271,14 @@ class Writer:
                 use_byte_stream_split=["values.list.element"],  # float64 of float32 data compresses well
                 write_statistics=_STAT_COLUMNS,
             ) as file:
-                for start, stop in row_groups(table) if grouped else [(0, table.num_rows)]:
-                    file.write_table(table.slice(start, stop - start), row_group_size=stop - start)
+                for start, stop in groups:
+                    # values are converted one row group at a time, into memory reused for
+                    # the next group once this one is encoded
+                    group = [
+                        values.list_array(row_values[start:stop]) if c == "values" else columns[c].slice(start, stop - start)
+                        for c in COLUMNS
+                    ]
+                    file.write_table(pa.Table.from_arrays(group, schema=SCHEMA), row_group_size=stop - start)
             os.replace(tmp, self.directory / f"{name}.parquet")
         except BaseException as exc:  # noqa: BLE001 - reported to the training thread
             self.error = exc
@@ -244,9 +286,32 @@ class Writer:
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
-            return
-        self.files_written += 1
-        self.rows_written += len(buffer)
+            return False
+        return True
+
+
+_TRIM_BYTES = 4 << 20
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _release_free_memory() -> None:
+    """Give the pages that the written batch freed back to the OS (glibc keeps them in its
+    arenas otherwise: fragmentation from tensors allocated by one thread and freed by
+    another grows the RSS by hundreds of MB in a full capture)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+    pa.default_memory_pool().release_unused()  # pyarrow's own allocator (encoding buffers)
 
 
 ROW_GROUP_BYTES = 16 << 20
@@ -255,7 +320,7 @@ _MIN_GROUP_BYTES = 1 << 20
 _KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 
-def row_groups(table: pa.Table) -> list[tuple[int, int]]:
+def row_groups(rows: Sequence[Row], values: Sequence[np.ndarray | torch.Tensor | None]) -> list[tuple[int, int]]:
     """Row ranges ``[start, stop)`` of the row groups of a large file.
 
     The rows of a large file are sorted by kind, then name (training order within a name);
@@ -265,27 +330,25 @@ def row_groups(table: pa.Table) -> list[tuple[int, int]]:
     (``load(path, kind="loss")``, ``name=``, ``step=``) skip the groups it does not need.
     ``tracer.load`` restores training order.
     """
-    kinds, names = table["kind"].to_pylist(), table["name"].to_pylist()
-    values = table["values"].combine_chunks()
-    sizes = (np.diff(values.offsets.to_numpy()) * 8 + 64).tolist()  # float64 values + the rest of a row
     groups, start, size = [], 0, 0
-    for i, nbytes in enumerate(sizes):
+    for i, (row, v) in enumerate(zip(rows, values)):
         if i > start and (
-            kinds[i] != kinds[start]
+            row[2] != rows[start][2]
             or size >= ROW_GROUP_BYTES
-            or (size >= _MIN_GROUP_BYTES and names[i] != names[i - 1])
+            or (size >= _MIN_GROUP_BYTES and row[3] != rows[i - 1][3])
         ):
             groups.append((start, i))
             start, size = i, 0
-        size += nbytes
-    groups.append((start, len(kinds)))
+        size += 64 + (0 if v is None else 8 * _size(v))  # float64 values + the rest of a row
+    groups.append((start, len(rows)))
     return groups
 
 
-def rows_to_table(rows: Sequence[Row], rank: int) -> pa.Table:
-    """Build one Arrow table (in :data:`SCHEMA`) from captured rows."""
+def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], list[np.ndarray | torch.Tensor | None]]:
+    """Every column but ``values`` as Arrow arrays (in :data:`SCHEMA`), and each row's values
+    to store (see :func:`finish`), for :class:`ValuesBuffer`."""
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
-    values: list[np.ndarray | None] = []
+    values: list[np.ndarray | torch.Tensor | None] = []
     stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
     for step, seq, kind, name, call, part, module_type, cap, grad_enabled, opt, group, hp in rows:
         cap: Captured
@@ -308,21 +371,43 @@ def rows_to_table(rows: Sequence[Row], rank: int) -> pa.Table:
         cols["param_group"].append(group)
         cols["hparams"].append(hp)
         values.append(vals)
-    arrays = {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}
-    arrays["values"] = _list_array(values)
-    return pa.Table.from_pydict({c: arrays[c] for c in COLUMNS}, schema=SCHEMA)
+    return {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}, values
 
 
-def _list_array(values: list[np.ndarray | None]) -> pa.Array:
-    lengths = np.array([0 if v is None else v.size for v in values], dtype=np.int64)
-    offsets = np.zeros(len(values) + 1, dtype=np.int32 if lengths.sum() < 2**31 else np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    present = [v for v in values if v is not None]
-    flat = np.concatenate(present) if present else np.empty(0, dtype=np.float64)
-    mask = pa.array([v is None for v in values], type=pa.bool_())
-    if offsets.dtype == np.int64:
-        return pa.LargeListArray.from_arrays(offsets, flat, mask=mask).cast(pa.list_(pa.float64()))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat), mask=mask)
+class ValuesBuffer:
+    """The float64 memory behind a row group's ``values`` column, reused for the next one.
+
+    Values are converted straight into it (float32 -> float64 in one torch copy), instead
+    of a float64 copy per tensor, a concatenation, and fresh pages every time: a full
+    capture spends its time encoding Parquet, not allocating. A row group's array is a view
+    of this memory: it must be written before the next ``list_array`` call.
+    """
+
+    def __init__(self) -> None:
+        self._flat = np.empty(0, dtype=np.float64)
+
+    def list_array(self, values: Sequence[np.ndarray | torch.Tensor | None]) -> pa.Array:
+        lengths = np.array([0 if v is None else _size(v) for v in values], dtype=np.int64)
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total > self._flat.size:
+            self._flat = np.empty(max(total, self._flat.size * 5 // 4), dtype=np.float64)
+        flat = self._flat[:total]
+        target = torch.from_numpy(flat)
+        for v, start, stop in zip(values, offsets[:-1].tolist(), offsets[1:].tolist()):
+            if isinstance(v, torch.Tensor):
+                target[start:stop].copy_(v)  # exact: every float16/bfloat16/float32 is a float64
+            elif v is not None:
+                flat[start:stop] = v
+        mask = pa.array([v is None for v in values], type=pa.bool_())
+        if total >= 2**31:
+            return pa.LargeListArray.from_arrays(offsets, flat, mask=mask).cast(pa.list_(pa.float64()))
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), mask=mask)
+
+
+def _size(v: np.ndarray | torch.Tensor) -> int:
+    return v.numel() if isinstance(v, torch.Tensor) else v.size
 
 
 # --------------------------------------------------------------------------- reading

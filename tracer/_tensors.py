@@ -114,8 +114,13 @@ def _blocked(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return total, norm
 
 
-def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | None]:
-    """Writer side: ``(mean, std, min, max, norm, nonfinite)`` and the float64 values or None."""
+def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Tensor | None]:
+    """Writer side: ``(mean, std, min, max, norm, nonfinite)`` and the values to store, or None.
+
+    The values are a float64 array, or for a large floating-point tensor the flat tensor
+    itself: the writer converts it straight into its file buffer (one pass, no copy of
+    its own).
+    """
     if c.values is None:
         if c.stats is None:
             return (None,) * 6, None
@@ -129,8 +134,7 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | None]:
         # large (full capture): vectorised float32 reductions, not six float64 numpy passes
         stats = _cpu_stats(v if v.dtype in (torch.float32, torch.float64) else v.float())
         mean, std, lo, hi, norm, nonfinite = stats.tolist()
-        keep_arr = v.to(torch.float64).numpy() if c.keep else None
-        return (mean, std, lo, hi, norm, int(nonfinite)), keep_arr
+        return (mean, std, lo, hi, norm, int(nonfinite)), v if c.keep else None
     arr = v.to(torch.float64).numpy()
     keep = arr if c.keep else None
     if keep is not None and not v.is_floating_point() and arr.size and np.abs(arr).max() > _EXACT_INT:
