@@ -178,6 +178,53 @@ def test_max_values(tmp_path):
         assert df["norm"].notna().all()  # statistics are always stored
 
 
+def test_full_capture_of_large_tensors_is_exact_at_every_step(tmp_path):
+    # tensors of 16384+ elements are copied into recycled memory (CopyPool): a block
+    # reused too early would show a later step's numbers in an earlier row
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 128)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(128, 128, dtype=torch.float64), torch.randn(128, 128, dtype=torch.float64)
+    expected = collections.defaultdict(dict)
+    with tracer.trace(model, opt, path=tmp_path / "t", max_values=None, flush_seconds=0.05) as run:
+        for step in range(5):
+            opt.zero_grad()
+            out = model(x)
+            expected["activation"][step] = out.detach().clone()
+            nn.functional.mse_loss(out, y).backward()
+            w = model[0].weight
+            expected["grad"][step], expected["param"][step] = w.grad.clone(), w.detach().clone()
+            opt.step()
+            expected["update"][step] = w.detach() - expected["param"][step]
+    df = tracer.load(run)
+    for kind, name in [("activation", "2"), ("grad", "0.weight"), ("param", "0.weight"), ("update", "0.weight")]:
+        got = rows(df, kind, name)
+        assert got.step.tolist() == [0, 1, 2, 3, 4]
+        for step, values in zip(got.step, got["values"]):
+            assert torch.equal(torch.tensor(values).view(128, 128), expected[kind][step]), (kind, step)
+
+
+def test_copy_pool_reuses_a_block_only_when_nothing_can_read_it():
+    from tracer._tensors import CopyPool
+
+    pool = CopyPool(max_bytes=1 << 30)
+    shape = (CopyPool.POOLED,)
+    a = pool.empty(shape, torch.float32).fill_(1)
+    b = pool.empty(shape, torch.float32).fill_(2)
+    assert a.data_ptr() != b.data_ptr()  # a live copy is never handed out twice
+    address = a.data_ptr()
+    del a  # nothing refers to it any more: its block goes back
+    c = pool.empty(shape, torch.float32)
+    assert c.data_ptr() == address and torch.all(b == 2)
+    small = pool.empty((4,), torch.float32)  # below POOLED: plain allocation
+    assert small.shape == (4,)
+    capped = CopyPool(max_bytes=0)
+    d = capped.empty(shape, torch.float32)
+    address = d.data_ptr()
+    del d  # over the cap: freed, not kept
+    assert capped._free_bytes == 0
+
+
 def test_stats_of_large_tensors_match_torch(tmp_path):
     torch.manual_seed(0)
     model = nn.Identity()

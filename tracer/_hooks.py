@@ -19,7 +19,7 @@ import torch
 
 from tracer._errors import TraceWriteError
 from tracer._store import Writer
-from tracer._tensors import capture, walk
+from tracer._tensors import CopyPool, capture, walk
 
 _active: list["Recorder"] = []  # recorders whose block is running, any thread
 _patch_lock = threading.Lock()
@@ -69,6 +69,7 @@ class Recorder:
         self._snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
         self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
         self._captured: dict[int, tuple[Any, int, Any]] = {}  # id -> (weakref, version, capture)
+        self.pool = CopyPool(writer.max_queue_bytes // 2)  # the queue's copies, recycled
 
     # -- rows ----------------------------------------------------------------------
     @property
@@ -118,7 +119,7 @@ class Recorder:
         version = tensor._version
         if hit is not None and hit[0]() is tensor and hit[1] == version:
             return hit[2]
-        cap = capture(tensor, self.max_values)
+        cap = capture(tensor, self.max_values, self.pool)
         try:
             self._captured[key] = (weakref.ref(tensor), version, cap)
         except TypeError:  # a tensor subclass without weak references
@@ -237,14 +238,18 @@ class Recorder:
         """after − before: exactly in float64 when the values are kept, else for statistics.
 
         For statistics the difference is taken in the parameter's dtype (float32 for half
-        types): two nearby floats subtract exactly (Sterbenz), and no float64 copy is made.
+        types): two nearby floats subtract exactly (Sterbenz), and no float64 copy is made;
+        it overwrites ``before`` (the snapshot buffer, copied again at the next step).
         """
         after = p.detach()
         if self.max_values is None or after.numel() <= self.max_values:
-            return torch.sub(after.to(torch.float64), before)  # `before` is promoted exactly
+            if after.device.type != "cpu":
+                return torch.sub(after.to(torch.float64), before)
+            update = self.pool.empty(tuple(after.shape), torch.float64)
+            return update.copy_(after).sub_(before)  # float64 arithmetic: `before` is promoted exactly
         if after.dtype in (torch.float16, torch.bfloat16):
             return after.float() - before.float()
-        return after - before
+        return torch.sub(after, before, out=before)  # into the snapshot buffer: no allocation
 
     def on_skipped_step(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
         """A GradScaler skipped ``optimizer.step()`` (inf/NaN gradients): mark it, move on."""

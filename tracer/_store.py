@@ -311,7 +311,6 @@ def _release_free_memory() -> None:
     another grows the RSS by hundreds of MB in a full capture)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
-    pa.default_memory_pool().release_unused()  # pyarrow's own allocator (encoding buffers)
 
 
 ROW_GROUP_BYTES = 16 << 20
