@@ -205,6 +205,64 @@ def test_writer_threads_write_every_row_once_and_flush_waits_for_them(tmp_path, 
     assert [float(v[0]) for v in frame["values"]] == [float(i) for i in range(60)]
 
 
+def test_flush_waits_for_an_earlier_file_that_finishes_last(tmp_path, monkeypatch):
+    import threading
+
+    from tracer._store import Writer
+    from tracer._tensors import capture
+
+    gate = threading.Event()
+    write = Writer._write
+
+    def slow_first_file(self, rows, index, values):
+        if index == 0:
+            gate.wait(10)
+        return write(self, rows, index, values)
+
+    monkeypatch.setattr(Writer, "_write", slow_first_file)
+    writer = Writer(tmp_path, flush_seconds=60, max_queue_bytes=1 << 16, threads=2)  # 2 rows a file
+    rows = [(0, i, "grad", f"p{i}", 0, "", None, capture(torch.ones(1000, dtype=torch.float64), None)) for i in range(4)]
+    for row in rows[:2]:
+        writer.put((*row, None, None, None, None))
+    deadline = time.monotonic() + 5
+    while 0 not in writer._in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    flushed = threading.Thread(target=writer.flush)  # must wait for file 0 (rows 0 and 1)
+    flushed.start()
+    for row in rows[2:]:  # file 1, written at once by the other thread
+        writer.put((*row, None, None, None, None))
+    time.sleep(0.3)
+    assert flushed.is_alive(), "flush returned before file 0 was written"
+    gate.set()
+    flushed.join(10)
+    assert not flushed.is_alive()
+    writer.close()
+    assert tracer.load(tmp_path).seq.tolist() == [0, 1, 2, 3]
+
+
+def test_a_tensor_too_large_for_a_list_keeps_its_statistics(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracer._store, "MAX_LIST_VALUES", 100)
+    model = nn.Linear(10, 20)  # weight: 200 elements, bias: 20
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tracer.trace(model, opt, path=tmp_path / "t", max_values=None, capture=["param"]) as run:
+        model(torch.ones(1, 10)).sum().backward()
+        opt.step()
+    params = tracer.load(run).set_index("name")
+    assert params.loc["weight", "values"] is None and params.loc["weight", "norm"] > 0
+    assert len(params.loc["bias", "values"]) == 20
+
+
+def test_copies_are_made_on_the_cpu_whatever_the_default_device():
+    from tracer._tensors import CopyPool, capture
+
+    pool = CopyPool(1 << 30)
+    big, small = torch.arange(CopyPool.POOLED + 1.0), torch.arange(10.0)
+    with torch.device("meta"):
+        assert pool.empty((CopyPool.POOLED,), torch.float32).device.type == "cpu"
+        assert capture(big, None, pool).values.device.type == "cpu"
+        assert capture(small, None, pool).values.device.type == "cpu"
+
+
 def test_write_failure_is_raised_and_training_is_untouched(tmp_path):
     model, x, y, loss_fn, opt = make_reference()
     path = tmp_path / "t"

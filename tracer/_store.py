@@ -155,7 +155,8 @@ class Writer:
         self._waiting_bytes = 0  # in the queue, not yet taken by a thread
         self._file_bytes = max(max_queue_bytes // 4, 1)  # a file is written at least this often
         self._rows_put = 0
-        self._rows_done = 0  # written, or dropped after an error
+        self._rows_taken = 0  # rows 0.._rows_taken-1 (in put order) were taken by a thread
+        self._in_flight: dict[int, int] = {}  # file index -> put index of its first row
         self._next_file = 0
         self._flushing = 0
         self._closing = False
@@ -182,7 +183,7 @@ class Writer:
             self._waiting_bytes += nbytes
             self._rows_put += 1
             if self._waiting_bytes >= self._file_bytes:
-                self._cond.notify()  # else a thread wakes at the flush deadline
+                self._cond.notify_all()  # else a writer wakes at the flush deadline
 
     def flush(self) -> None:
         """Block until every row put so far is in a finished file."""
@@ -191,7 +192,11 @@ class Writer:
             self._flushing += 1
             self._cond.notify_all()
             try:
-                while self._rows_done < target and self._alive():
+                # files finish out of order: wait until no row before ``target`` is queued
+                # or being written, not for a count of rows
+                while self._alive() and (
+                    self._rows_taken < target or any(first < target for first in self._in_flight.values())
+                ):
                     self._cond.wait(0.1)
             finally:
                 self._flushing -= 1
@@ -234,17 +239,23 @@ class Writer:
                 count = len(batch)
                 index = self._next_file
                 self._next_file += 1
+                self._in_flight[index] = self._rows_taken
+                self._rows_taken += count
                 self._deadline = time.monotonic() + self.flush_seconds
             written = False
             try:
                 written = self._write([row for row, _ in batch], index, values)
                 del batch[:]  # the captured tensors go now, not when the next batch replaces them
+                values.shrink(4 * ROW_GROUP_BYTES)
                 if batch_bytes >= _TRIM_BYTES:
                     _release_free_memory()
+            except BaseException as exc:  # noqa: BLE001 - reported to the training thread
+                if self.error is None:
+                    self.error = exc
             finally:
                 with self._cond:
                     self._queued_bytes -= batch_bytes
-                    self._rows_done += count
+                    del self._in_flight[index]
                     if written:
                         self.files_written += 1
                         self.rows_written += count
@@ -313,6 +324,9 @@ def _release_free_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+MAX_LIST_VALUES = 2**31 - 1
+"""A tensor with more elements keeps its statistics only: ``list<float64>`` offsets are int32."""
+
 ROW_GROUP_BYTES = 16 << 20
 """A file whose rows hold more than this is written in row groups of about this size."""
 _MIN_GROUP_BYTES = 1 << 20
@@ -369,6 +383,8 @@ def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], li
         cols["optimizer"].append(opt)
         cols["param_group"].append(group)
         cols["hparams"].append(hp)
+        if vals is not None and _size(vals) >= MAX_LIST_VALUES:
+            vals = None  # a list<float64> cannot hold it: statistics only (README, Limits)
         values.append(vals)
     return {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}, values
 
@@ -386,6 +402,7 @@ class ValuesBuffer:
         self._flat = np.empty(0, dtype=np.float64)
 
     def list_array(self, values: Sequence[np.ndarray | torch.Tensor | None]) -> pa.Array:
+        """``values`` (each under :data:`MAX_LIST_VALUES`, a row group's) as a ``list<float64>`` array."""
         lengths = np.array([0 if v is None else _size(v) for v in values], dtype=np.int64)
         offsets = np.zeros(len(values) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
@@ -400,9 +417,12 @@ class ValuesBuffer:
             elif v is not None:
                 flat[start:stop] = v
         mask = pa.array([v is None for v in values], type=pa.bool_())
-        if total >= 2**31:
-            return pa.LargeListArray.from_arrays(offsets, flat, mask=mask).cast(pa.list_(pa.float64()))
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), mask=mask)
+
+    def shrink(self, max_bytes: int) -> None:
+        """Let go of the memory if one huge tensor made it larger than ``max_bytes``."""
+        if self._flat.nbytes > max_bytes:
+            self._flat = np.empty(0, dtype=np.float64)
 
 
 def _size(v: np.ndarray | torch.Tensor) -> int:

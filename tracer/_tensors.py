@@ -53,12 +53,14 @@ class CopyPool:
     """
 
     POOLED = 1 << 14
+    # finish() hands NumPy a tensor's memory (``.numpy()`` references the storage, not the
+    # tensor object) only for tensors of at most _COPY_FOR_STATS elements: never a pooled one
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._free: dict[tuple[torch.dtype, int], list[torch.Tensor]] = {}
         self._free_bytes = 0
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may run inside empty() (garbage collection)
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A contiguous CPU tensor (contents undefined).
@@ -68,7 +70,7 @@ class CopyPool:
         """
         numel = math.prod(shape)
         if numel < self.POOLED:
-            return torch.empty(shape, dtype=dtype)
+            return torch.empty(shape, dtype=dtype, device="cpu")  # whatever the default device
         key = (dtype, numel)
         with self._lock:
             blocks = self._free.get(key)
@@ -76,7 +78,7 @@ class CopyPool:
             if block is not None:
                 self._free_bytes -= block.nbytes
         if block is None:
-            block = torch.empty(numel, dtype=dtype)
+            block = torch.empty(numel, dtype=dtype, device="cpu")
         view = block.view(shape)  # a new tensor object sharing the block's memory
         weakref.finalize(view, self._give_back, key, block).atexit = False
         return view
@@ -84,8 +86,14 @@ class CopyPool:
     def _give_back(self, key: tuple[torch.dtype, int], block: torch.Tensor) -> None:
         with self._lock:
             if self._free_bytes + block.nbytes <= self.max_bytes:
-                self._free.setdefault(key, []).append(block)
+                blocks = self._free.get(key)
+                if blocks is None:
+                    blocks = self._free[key] = []
+                blocks.append(block)
                 self._free_bytes += block.nbytes
+
+
+assert CopyPool.POOLED > _COPY_FOR_STATS
 
 
 def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None = None) -> Captured:
