@@ -1,4 +1,4 @@
-"""Parquet on disk: the trace directory, the background writer, and the filtered reader.
+"""Parquet on disk: the trace directory, the background writers, and the filtered reader.
 
 Layout of a trace directory::
 
