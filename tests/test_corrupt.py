@@ -41,6 +41,15 @@ def test_bad_metadata_is_a_clear_error(reference_trace):
         tracer.load(reference_trace)
 
 
+def test_a_column_name_that_is_not_utf8_is_a_clear_error(reference_trace):
+    path = _data_file(reference_trace)
+    data = path.read_bytes()
+    i = data.index(b"\x07element") + 1  # a column name (Thrift: length, then UTF-8 bytes)
+    path.write_bytes(data[:i] + b"\x80" + data[i + 1 :])
+    with pytest.raises(tracer.TraceFormatError, match=f"corrupt trace file .*{path.name}"):
+        tracer.load(reference_trace)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     cut=st.integers(min_value=0, max_value=10_000),

@@ -19,7 +19,7 @@ import torch
 
 from tracer._errors import TraceWriteError
 from tracer._store import Writer
-from tracer._tensors import CopyPool, capture, walk
+from tracer._tensors import Captured, CopyPool, adopt, capture, walk
 
 _active: list["Recorder"] = []  # recorders whose block is running, any thread
 _patch_lock = threading.Lock()
@@ -83,7 +83,7 @@ class Recorder:
         call: int,
         part: str,
         module_type: str | None,
-        tensor: torch.Tensor,
+        tensor: torch.Tensor | Captured,
         *,
         step: int | None = None,
         grad_enabled: bool | None = None,
@@ -92,7 +92,7 @@ class Recorder:
         hparams: str | None = None,
         dtype: str | None = None,
     ) -> None:
-        cap = self._capture(tensor)
+        cap = tensor if isinstance(tensor, Captured) else self._capture(tensor)
         if dtype is not None:
             cap = cap._replace(dtype=dtype)
         row = (
@@ -234,7 +234,7 @@ class Recorder:
             buf = self._buffers[p] = torch.empty_like(p, memory_format=torch.contiguous_format)
         return buf.copy_(p.detach())
 
-    def _update(self, p: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    def _update(self, p: torch.Tensor, before: torch.Tensor) -> torch.Tensor | Captured:
         """after − before: exactly in float64 when the values are kept, else for statistics.
 
         For statistics the difference is taken in the parameter's dtype (float32 for half
@@ -245,8 +245,9 @@ class Recorder:
         if self.max_values is None or after.numel() <= self.max_values:
             if after.device.type != "cpu":
                 return torch.sub(after.to(torch.float64), before)
-            update = self.pool.empty(tuple(after.shape), torch.float64)
-            return update.copy_(after).sub_(before)  # float64 arithmetic: `before` is promoted exactly
+            update = self.pool.empty((after.numel(),), torch.float64)
+            update.copy_(after.reshape(-1)).sub_(before.reshape(-1))  # float64: `before` promoted exactly
+            return adopt(update, tuple(after.shape))  # ours alone: no second copy
         if after.dtype in (torch.float16, torch.bfloat16):
             return after.float() - before.float()
         return torch.sub(after, before, out=before)  # into the snapshot buffer: no allocation

@@ -475,7 +475,7 @@ def check_trace_dir(path: Path, errors: str = "raise") -> list[Path]:
 def _check_file(file: Path) -> None:
     try:
         schema = pq.read_schema(file)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # a corrupt footer: names not UTF-8
         raise TraceFormatError(f"corrupt trace file {str(file)!r}: {exc}") from None
     meta = schema.metadata or {}
     version = meta.get(b"tracer.schema_version")
@@ -547,7 +547,7 @@ def read_trace(
     dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
     try:
         table = dataset.to_table(columns=read, filter=expr)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # a corrupt footer: names not UTF-8
         raise TraceFormatError(f"could not read trace {str(path)!r}: {exc}") from None
     if glob:
         keep = [any(fnmatch.fnmatchcase(n, p) for p in names) for n in table["name"].to_pylist()]

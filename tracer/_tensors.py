@@ -119,6 +119,12 @@ def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None 
     return Captured(shape, dtype, numel, _stats(t), None, _ROW_OVERHEAD)
 
 
+def adopt(values: torch.Tensor, shape: tuple[int, ...]) -> Captured:
+    """The row payload of a flat CPU tensor that tracer made itself and nothing else
+    writes to (the float64 update of a parameter): kept as it is, not copied again."""
+    return Captured(shape, dtype_name(values.dtype), values.numel(), None, values, _ROW_OVERHEAD + values.nbytes)
+
+
 def _stats(t: torch.Tensor) -> torch.Tensor:
     """Statistics of a non-empty tensor, computed where it lives, as float64 [6]."""
     if t.is_complex():
