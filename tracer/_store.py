@@ -481,7 +481,7 @@ def _check_file(file: Path) -> None:
     version = meta.get(b"tracer.schema_version")
     if version is None:
         raise TraceFormatError(f"{str(file)!r} is not a tracer data file (no schema version)")
-    _check_version(version.decode(), file)
+    _check_version(version.decode("utf-8", errors="replace"), file)
     missing = [f.name for f in SCHEMA if f.name not in schema.names]
     if missing:
         raise TraceFormatError(f"{str(file)!r} lacks trace columns {missing}")
