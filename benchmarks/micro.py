@@ -1,9 +1,9 @@
-"""Micro-benchmarks of the training-thread pieces of tracing, and of faster candidates.
+"""Micro-benchmarks of the training-thread pieces of tracing, against the plain ops.
 
 Minimum and median of many runs of each piece on the tensors W1–W3 produce (a busy
-machine inflates medians; the minimum is the uncontended cost). The candidates are
-sketches for tracer/_tensors.py and tracer/_hooks.py, checked here for accuracy against
-float64 references on hard inputs (large mean, tiny spread; NaN/Inf).
+machine inflates medians; the minimum is the uncontended cost), and the accuracy of
+tracer's statistics against float64 references on hard inputs (large mean, tiny spread;
+NaN/Inf). To try a faster candidate, add it to the table next to the piece it replaces.
 
     python benchmarks/micro.py
     python benchmarks/micro.py --quick
@@ -21,58 +21,6 @@ import _common as c
 import torch
 
 from tracer._tensors import _stats, capture
-
-_BLOCK = 2048
-
-
-def _blocked(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and L2 norm of a flat tensor, float64, accurate to ~1e-9 at float32 speed.
-
-    Float32 partial results over blocks of 2048 (vectorized), combined in float64: a plain
-    float32 ``vector_norm`` of 1M elements is off by ~1e-5, a float64-accumulating one is
-    8× slower.
-    """
-    n = t.numel()
-    m = n // _BLOCK * _BLOCK
-    sums, norms = [], []
-    if m:
-        blocks = t[:m].view(-1, _BLOCK)
-        sums.append(blocks.sum(1, dtype=t.dtype).double())
-        norms.append(torch.linalg.vector_norm(blocks, dim=1).double())
-    if m < n:
-        sums.append(t[m:].sum(dtype=torch.float64).reshape(1))
-        norms.append(torch.linalg.vector_norm(t[m:]).double().reshape(1))
-    total = sums[0].sum() if len(sums) == 1 else torch.cat(sums).sum()
-    norm = torch.linalg.vector_norm(norms[0] if len(norms) == 1 else torch.cat(norms))
-    return total, norm
-
-
-def stats_candidate(t: torch.Tensor) -> torch.Tensor:
-    """[mean, std, min, max, norm, nonfinite] as float64 [6], from vectorized reductions.
-
-    ``torch.var_mean`` runs Welford's algorithm element by element on CPU (not vectorized);
-    ``aminmax``, ``sum`` and ``vector_norm`` are. One pass each; std = sqrt(E[x²] − mean²),
-    with a second, shifted pass only where the mean dominates (cancellation).
-    """
-    if t.is_complex():
-        t = t.abs()
-    if t.dtype not in (torch.float32, torch.float64):
-        t = t.to(torch.float64 if not t.is_floating_point() else torch.float32)
-    t = t.reshape(-1)
-    n = t.numel()
-    lo, hi = torch.aminmax(t)
-    total, norm = _blocked(t)
-    lo_, hi_, total_, norm_ = torch.stack([lo.double(), hi.double(), total, norm]).tolist()
-    if not (math.isfinite(lo_) and math.isfinite(hi_) and math.isfinite(norm_)):
-        nonfinite = int(torch.isfinite(t).logical_not_().sum())
-        return torch.tensor([total_ / n, math.nan, lo_, hi_, norm_, nonfinite], dtype=torch.float64)
-    mean = total_ / n
-    ms = norm_ * norm_ / n
-    var = ms - mean * mean
-    if var <= 1e-3 * ms:  # mean dominates: E[x²] − mean² would cancel; shifted second pass
-        s, q = _blocked(t - t.new_tensor(mean))
-        var = q.item() ** 2 / n - (s.item() / n) ** 2
-    return torch.tensor([mean, math.sqrt(max(var, 0.0)), lo_, hi_, norm_, 0.0], dtype=torch.float64)
 
 
 def bench(fn: Callable[[], Any], n: int) -> tuple[float, float]:
@@ -99,13 +47,11 @@ def accuracy() -> list[list[str]]:
         ref = torch.tensor([ref64.mean(), ref64.std(correction=0), ref64.min(), ref64.max(),
                             torch.linalg.vector_norm(ref64), (~torch.isfinite(ref64)).sum()], dtype=torch.float64)
         row = [label]
-        for fn in (_stats, stats_candidate):
-            got = fn(t)
-            g, r = got.tolist(), ref.tolist()
-            if not all(map(math.isfinite, r)):
-                same = all((math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(g[2:4] + g[5:], r[2:4] + r[5:]))
-                row.append("min/max/nonfinite " + ("exact" if same else "WRONG"))
-                continue
+        g, r = _stats(t).tolist(), ref.tolist()
+        if not all(map(math.isfinite, r)):
+            same = all((math.isnan(a) and math.isnan(b)) or a == b for a, b in zip(g[2:4] + g[5:], r[2:4] + r[5:]))
+            row.append("min/max/nonfinite " + ("exact" if same else "WRONG"))
+        else:
             scale = max(abs(r[0]), r[1])  # the mean's error relative to the spread, or to itself
             errs = [abs(g[0] - r[0]) / scale, abs(g[1] - r[1]) / r[1], abs(g[4] - r[4]) / r[4]]
             row.append(f"{max(errs):.1e}")
@@ -129,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     buf, snap = torch.empty_like(update64), torch.empty_like(p)
     pieces: dict[str, Callable[[], Any]] = {
         "_stats, 1M float32 (W1 weight/grad/state)": lambda: _stats(p),
-        "candidate, 1M float32": lambda: stats_candidate(p),
         "_stats, 64×1024 float32 (W1 activation)": lambda: _stats(act),
-        "candidate, 64×1024 float32": lambda: stats_candidate(act),
         "_stats, 32×32×32×32 float32 (W2 conv activation)": lambda: _stats(conv),
-        "candidate, 32×32×32×32 float32": lambda: stats_candidate(conv),
         "torch.var_mean, 1M float32": lambda: torch.var_mean(p, correction=0),
         "torch.aminmax, 1M float32": lambda: torch.aminmax(p),
         "Tensor.sum, 1M float32": lambda: p.sum(),
@@ -141,14 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         "update before 447eb1e: p.to(f64) − before.to(f64), 1M": lambda: p.to(torch.float64) - before.to(torch.float64),
         "_stats of that float64 update": lambda: _stats(update64),
         "exact float64 update into a reused buffer: buf.copy_(p).sub_(before)": lambda: buf.copy_(p).sub_(before),
-        "update for statistics since 447eb1e: p − before in float32": lambda: p - before,
+        "update for statistics: torch.sub(p, before, out=snapshot) in float32": lambda: torch.sub(p, before, out=snap),
         "_stats of the float32 update": lambda: _stats(update32),
-        "candidate stats of the float32 update": lambda: stats_candidate(update32),
         "snapshot before 447eb1e: p.clone(), 1M": lambda: p.clone(),
         "snapshot since 447eb1e: buf.copy_(p), 1M": lambda: snap.copy_(p),
         "capture(1024 values, max_values=1024)": lambda: capture(small, 1024),
         "capture(1024 values, max_values=0) (stats)": lambda: capture(small, 0),
-        "candidate stats of 1024 values": lambda: stats_candidate(small),
     }
     rows = []
     for label, fn in pieces.items():
@@ -157,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(c.header("Micro-benchmarks (benchmarks/micro.py" + (" --quick)" if args.quick else ")")))
     print(c.table(["piece", "min ms", "median ms"], rows))
     print()
-    print(c.table(["input", "max rel. error now (mean, std, norm; mean relative to max(abs(mean), std))", "candidate"], accuracy()))
+    print(c.table(["input", "max rel. error of _stats (mean, std, norm; mean relative to max(abs(mean), std))"], accuracy()))
     return 0
 
 

@@ -164,6 +164,16 @@ def scalars(
     )
 
 
+def decay_lines(hparams: Mapping, text: bool) -> list[str]:
+    """The weight-decay line of the Adam family: decoupled (AdamW-style) shrinks θ, otherwise
+    L2 joins g; none without weight decay. ``text``: plain text, else LaTeX."""
+    if not value(hparams, "weight_decay"):
+        return []
+    if flag(hparams, "decoupled_weight_decay"):
+        return ["θ ← θ − γ·λ·θ" if text else r"\theta_{t-1} \leftarrow \theta_{t-1} - \gamma \lambda \theta_{t-1}"]
+    return ["g ← g + λ·θ" if text else r"g_t \leftarrow g_t + \lambda \theta_{t-1}"]
+
+
 def no_grad_line(label: str, param: float) -> list[str]:
     """What explain says for a parameter the optimizer skipped."""
     return [f"{label}: no gradient, the optimizer skips it = {num(param)}"]

@@ -14,6 +14,7 @@ from ._base import (
     MINUS,
     Rule,
     arg,
+    decay_lines,
     ema_line,
     final_line,
     flag,
@@ -34,19 +35,10 @@ from ._base import (
 SYMBOLS = {"lr": "γ", "betas": "β₁, β₂", "eps": "ε", "weight_decay": "λ", "momentum_decay": "ψ"}
 
 
-def _decay_lines(hparams: dict, text: bool) -> list[str]:
-    """Decoupled weight decay shrinks θ; otherwise L2 joins the gradient."""
-    if not value(hparams, "weight_decay"):
-        return []
-    if flag(hparams, "decoupled_weight_decay"):
-        return ["θ ← θ − γ·λ·θ" if text else r"\theta_{t-1} \leftarrow \theta_{t-1} - \gamma \lambda \theta_{t-1}"]
-    return ["g ← g + λ·θ" if text else r"g_t \leftarrow g_t + \lambda \theta_{t-1}"]
-
-
 def text(hparams: dict) -> str:
     """The NAdam rule in plain text for these hparams."""
     lines = ["g ← −g"] if flag(hparams, "maximize") else []
-    lines += _decay_lines(hparams, text=True)
+    lines += decay_lines(hparams, text=True)
     lines += [
         "μₜ ← β₁·(1 − ½·0.96^(t·ψ)),  μₜ₊₁ ← β₁·(1 − ½·0.96^((t+1)·ψ))",
         "m ← β₁·m + (1 − β₁)·g",
@@ -60,7 +52,7 @@ def text(hparams: dict) -> str:
 def latex(hparams: dict) -> str:
     """The NAdam rule in LaTeX for these hparams."""
     lines = [r"g_t \leftarrow -g_t"] if flag(hparams, "maximize") else []
-    lines += _decay_lines(hparams, text=False)
+    lines += decay_lines(hparams, text=False)
     lines += [
         r"\mu_t \leftarrow \beta_1 \big(1 - \frac{1}{2} 0.96^{t \psi}\big), \;"
         r" \mu_{t+1} \leftarrow \beta_1 \big(1 - \frac{1}{2} 0.96^{(t+1) \psi}\big)",

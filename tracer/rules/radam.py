@@ -8,6 +8,7 @@ from ._base import (
     MINUS,
     Rule,
     arg,
+    decay_lines,
     ema_line,
     final_line,
     flag,
@@ -27,19 +28,10 @@ from ._base import (
 SYMBOLS = {"lr": "γ", "betas": "β₁, β₂", "eps": "ε", "weight_decay": "λ"}
 
 
-def _decay_lines(hparams: dict, text: bool) -> list[str]:
-    """Decoupled weight decay shrinks θ; otherwise L2 joins the gradient."""
-    if not value(hparams, "weight_decay"):
-        return []
-    if flag(hparams, "decoupled_weight_decay"):
-        return ["θ ← θ − γ·λ·θ" if text else r"\theta_{t-1} \leftarrow \theta_{t-1} - \gamma \lambda \theta_{t-1}"]
-    return ["g ← g + λ·θ" if text else r"g_t \leftarrow g_t + \lambda \theta_{t-1}"]
-
-
 def text(hparams: dict) -> str:
     """The RAdam rule in plain text for these hparams."""
     lines = ["g ← −g"] if flag(hparams, "maximize") else []
-    lines += _decay_lines(hparams, text=True)
+    lines += decay_lines(hparams, text=True)
     lines += [
         "m ← β₁·m + (1 − β₁)·g",
         "v ← β₂·v + (1 − β₂)·g²",
@@ -54,7 +46,7 @@ def text(hparams: dict) -> str:
 def latex(hparams: dict) -> str:
     """The RAdam rule in LaTeX for these hparams."""
     lines = [r"g_t \leftarrow -g_t"] if flag(hparams, "maximize") else []
-    lines += _decay_lines(hparams, text=False)
+    lines += decay_lines(hparams, text=False)
     lines += [
         r"m_t \leftarrow \beta_1 m_{t-1} + (1 - \beta_1) g_t",
         r"v_t \leftarrow \beta_2 v_{t-1} + (1 - \beta_2) g_t^2",
