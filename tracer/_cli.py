@@ -141,7 +141,7 @@ def _command(
 
 def _trace_dir(path: str) -> Path:
     """``path`` checked as a trace (missing, not a trace, corrupt: TraceFormatError)."""
-    from tracer._store import check_trace_dir
+    from tracer._reader import check_trace_dir
 
     checked = Path(path)
     check_trace_dir(checked)

@@ -144,7 +144,7 @@ def _selection(kinds: list[str] | None, names: Any, steps: Any, max_values: int 
 
 
 def _read_selection(golden: Path) -> Any:
-    from tracer._store import read_meta
+    from tracer._reader import read_meta
 
     try:
         return read_meta(golden).get("golden")
@@ -196,7 +196,7 @@ def _source_meta(source: Any) -> dict[str, Any]:
     if source is None or isinstance(source, pd.DataFrame):
         return {}
     from tracer._load import trace_path
-    from tracer._store import read_meta
+    from tracer._reader import read_meta
 
     try:
         meta = read_meta(trace_path(source))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tracer._store import read_trace
+from tracer._reader import read_trace
 
 if TYPE_CHECKING:
     import pandas

@@ -18,7 +18,7 @@ _MAX_STEPS = 20
 def summarize(path: Path) -> dict[str, Any]:
     """The summary of the trace at ``path`` as plain data (what ``tracer summary --json`` prints)."""
     from tracer._load import load
-    from tracer._store import read_meta
+    from tracer._reader import read_meta
 
     rows = load(path, columns=_COLUMNS)
     meta = read_meta(path)

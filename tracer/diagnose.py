@@ -378,7 +378,7 @@ class _Data:
                     stats[column] = 0 if column in ("seq", "rank", "call") else None
         else:
             from tracer._load import trace_path
-            from tracer._store import read_meta
+            from tracer._reader import read_meta
 
             path = trace_path(trace)
             self.source = path

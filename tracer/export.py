@@ -99,7 +99,7 @@ def _read(
 ) -> tuple[dict[str, Any], Iterator[tuple[int, dict[str, float], dict[str, np.ndarray]]]]:
     """The trace's metadata, and ``(step, scalars, histograms)`` per step, read as it goes."""
     from tracer._load import load, trace_path
-    from tracer._store import check_trace_dir, read_meta
+    from tracer._reader import check_trace_dir, read_meta
 
     path = trace_path(trace)
     check_trace_dir(path)

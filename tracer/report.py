@@ -23,7 +23,7 @@ from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
 from tracer._render import to_text as _to_text
-from tracer._store import read_meta, read_trace
+from tracer._reader import read_meta, read_trace
 from tracer.rules._base import num
 
 FRAME_COLUMNS = [

@@ -360,7 +360,7 @@ def _max_values(trace: Any) -> int | None:
     if isinstance(trace, pd.DataFrame):
         return None
     from tracer._load import trace_path
-    from tracer._store import read_meta
+    from tracer._reader import read_meta
 
     try:
         value = read_meta(trace_path(trace)).get("options", {}).get("max_values")
