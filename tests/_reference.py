@@ -24,3 +24,13 @@ def train_reference(model, x, y, loss_fn, optimizer, steps: int = 1) -> None:
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
+
+
+def trace_reference(path, steps: int = 1):
+    """``steps`` SGD steps of the reference example traced into ``path``; returns ``path``."""
+    import tracer
+
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=path):
+        train_reference(model, x, y, loss_fn, optimizer, steps=steps)
+    return path

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -13,7 +16,7 @@ import torch
 from _reference import make_reference, train_reference
 
 import tracer
-from tracer._cli import main
+from tracer._cli import _parser, main
 
 
 def make_trace(path, *, steps=2, lr=0.01, nan_at=None):
@@ -63,6 +66,83 @@ def run_main(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# ---------------------------------------------------------------- every subcommand (for the fuzz tests)
+
+
+def subcommands(parser: argparse.ArgumentParser | None = None) -> list[tuple[str, ...]]:
+    """Every command ``tracer --help`` lists, as its words: ``("summary",)``, ``("export", "wandb")``."""
+    parser = parser or _parser()
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                found += [(word, *rest) for rest in subcommands(sub)] or [(word,)]
+    return found
+
+
+def command_line(words: tuple[str, ...], trace: Path, other: Path, scratch: Path) -> list[str]:
+    """``words`` with every argument filled: the first trace is ``trace``, further ones ``other``,
+    directories and files to write go under ``scratch``."""
+    parser = _parser()
+    for word in words:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+    argv, traces = list(words), iter([trace])
+    for action in parser._actions:
+        if action.option_strings and not action.required:
+            continue
+        if action.dest in ("logdir", "output", "dir"):
+            value = [str(scratch / action.dest)]
+        else:
+            value = [str(next(traces, other))]
+            if action.nargs in ("+", "*"):
+                value.append(str(other))
+        argv += [action.option_strings[0], *value] if action.option_strings else value
+    if words == ("export", "wandb"):
+        argv += ["--dir", str(scratch / "wandb")]  # offline, and not in the working directory
+    return argv
+
+
+def run_quietly(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` in this process: exit code, stdout, stderr (an exception propagates)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_error_line(argv: list[str], *says: str) -> str:
+    """``argv`` exits 2 with exactly one ``tracer: error:`` line on stderr (that says ``says``)."""
+    code, out, err = run_quietly(argv)
+    assert (2, 1, "") == (code, len(err.splitlines()), out), (argv, code, err)
+    assert err.startswith("tracer: error: ") and "Traceback" not in err, (argv, err)
+    for text in says:
+        assert text in err, (argv, text, err)
+    return err
+
+
+def assert_clean_or_one_error_line(argv: list[str]) -> int:
+    """``argv`` either runs (exit 0/1, nothing on stderr but a failed ``--check``) or exits 2
+    with one ``tracer: error:`` line; never a traceback. Returns the exit code."""
+    code, _, err = run_quietly(argv)
+    lines = err.splitlines()
+    if code == 2:
+        assert 1 == len(lines) and lines[0].startswith("tracer: error: "), (argv, err)
+    else:
+        assert code in (0, 1), (argv, code, err)
+        assert not lines or (1 == len(lines) and lines[0].startswith("tracer: check failed: ")), (argv, err)
+    return code
+
+
+def test_subcommands_are_every_command_of_the_help(capsys):
+    found = subcommands()
+    for words in [("summary",), ("diff",), ("report",), ("diagnose",), ("export", "tensorboard"), ("export", "wandb")]:
+        assert words in found
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out.split("commands:")[1]
+    assert {w[0] for w in found} <= set(listed.split())
 
 
 # --------------------------------------------------------------------------- summary
@@ -203,6 +283,12 @@ def test_bad_input_is_one_line_and_exit_2(capsys, traces, bad, command):
         assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("words", subcommands(), ids=" ".join)
+def test_every_command_refuses_bad_input_in_one_line(traces, bad, tmp_path, words):
+    for path, says in bad.values():
+        assert_one_error_line(command_line(words, path, traces["ref"], tmp_path), says)
+
+
 def test_unwritable_output_is_bad_input(capsys, traces, tmp_path):
     code, _, err = run_main(capsys, "report", traces["ref"], "-o", tmp_path / "no" / "such" / "dir.md")
     assert 2 == code
@@ -236,11 +322,13 @@ def test_help_ends_with_examples(capsys, command):
 def _cli(*argv, module=True):
     command = [sys.executable, "-m", "tracer"] if module else [str(Path(sys.executable).parent / "tracer")]
     env = {**os.environ, "PYTHONWARNINGS": "error"}
-    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [*command, *map(str, argv)], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
 
 
 def test_python_m_tracer_bad_input(bad):
-    path, says = bad["corrupt parquet"]
+    path, _ = bad["corrupt parquet"]
     done = _cli("summary", path)
     assert 2 == done.returncode
     assert "" == done.stdout

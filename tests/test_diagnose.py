@@ -195,7 +195,8 @@ def test_loss_diverging_and_exploding_gradients_with_a_learning_rate_too_high(tm
 def test_loss_flat_when_the_optimizer_holds_another_models_parameters(tmp_path):
     model = mlp()
     optimizer = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.1)  # the classic mistake
-    run = fit(tmp_path / "t", model, optimizer, 10)
+    with pytest.warns(RuntimeWarning, match="holds none of the model's parameters"):  # said at once
+        run = fit(tmp_path / "t", model, optimizer, 10)
     finding = only(diagnose(run), "loss-flat")
     assert "warning" == finding.severity
     assert "optimizer holds the model's parameters" in finding.message

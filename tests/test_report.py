@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
+from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
-from _reference import make_reference, train_reference
 
 # (optimizer class, constructor kwargs): every flag that changes the maths
 CONFIGS = [
@@ -55,7 +55,7 @@ def _trace_optimizer(tmp_path, cls, kwargs, dtype=torch.float64, steps=7, params
 
 def _assert_all_checked(frame, check="rule"):
     assert not frame.empty
-    bad = frame[frame.matches != True]  # noqa: E712 - None must fail too
+    bad = frame[frame.matches != True]
     assert bad.empty, bad[["step", "name", "max_abs_error", "reason"]].to_string()
     assert {check} == set(frame.check)
 
@@ -63,9 +63,7 @@ def _assert_all_checked(frame, check="rule"):
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("cls, kwargs", CONFIGS, ids=lambda v: getattr(v, "__name__", None) or str(v))
 def test_every_optimizer_and_flag_matches_its_rule_float64(tmp_path, cls, kwargs, foreach):
-    if foreach and cls is torch.optim.Adafactor:
-        kwargs = {**kwargs, "foreach": True}
-    elif foreach:
+    if foreach and cls is torch.optim.Adafactor or foreach:
         kwargs = {**kwargs, "foreach": True}
     run = _trace_optimizer(tmp_path, cls, kwargs)
     frame = tracer.report(run).to_frame()
@@ -300,3 +298,18 @@ def test_html_formulas_are_mathml_when_latex2mathml_is_installed(reference_trace
     assert '<math xmlns="http://www.w3.org/1998/Math/MathML" display="block">' in page
     assert "&#x003B8;" in page or "θ" in page  # θ, rendered by the browser, no script
     assert "<script" not in page
+
+
+def test_an_update_made_outside_an_optimizer_is_reported_not_checked(reference_trace):
+    from tracer.testing import assert_updates_follow_rule
+
+    frame = tracer.load(reference_trace)
+    frame.loc[frame.optimizer.notna(), ["optimizer", "hparams"]] = None  # as `w -= lr * w.grad` records
+    table = tracer.report(frame).to_frame()
+    assert [None, None] == list(table.matches) and [None, None] == list(table.optimizer)
+    assert table.reason[0].startswith("no optimizer made this update")
+    assert [1.1, 1.2] == table.observed[0]
+    text = str(tracer.report(frame))
+    assert "weight (no optimizer): – not checked" in text and "(nan" not in text
+    with pytest.raises(AssertionError, match=r"no updates to check in a DataFrame \(its 2 traced updates were made"):
+        assert_updates_follow_rule(frame)

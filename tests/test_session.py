@@ -139,7 +139,13 @@ def test_without_optimizer_each_forward_is_a_step(tmp_path):
     df = tracer.load(run.path)
     assert [0, 1, 2] == rows(df, "loss").step.tolist()
     assert [0, 1, 2] == rows(df, "activation_grad").step.tolist()
-    assert rows(df, "grad").empty  # no optimizer: nothing consumed a gradient
+    # no optimizer: .grad after each backward (accumulating, never zeroed here), and the
+    # parameters at each step, whose update is nil: nothing changed them
+    grads = rows(df, "grad").set_index(["step", "name"])["values"]
+    assert [1.0, 1.0] == grads[(0, "weight")].tolist()
+    assert [3.0, 3.0] == grads[(2, "weight")].tolist()
+    assert (rows(df, "update")["norm"] == 0).all()
+    assert 6 == len(rows(df, "param"))
 
 
 def test_every_traces_every_nth_step(tmp_path):

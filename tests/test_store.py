@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_layout_only_finished_files_end_in_parquet(reference_trace):
     assert all(n.startswith("part-") and n.endswith(".parquet") for n in names[1:])
     meta = json.loads((reference_trace / "_tracer.json").read_text())
     assert meta["complete"] is True and 1 == meta["steps"]
-    assert [{"class": "SGD", "qualname": "torch.optim.sgd.SGD", "bases": []}] == meta["optimizers"]
+    (optimizer,) = meta["optimizers"]
+    assert {"class": "SGD", "qualname": "torch.optim.sgd.SGD", "bases": []}.items() <= optimizer.items()
     weight = {"name": "weight", "shape": [1, 2], "dtype": "float64", "requires_grad": True,
               "optimizer": 0, "param_group": 0}  # fmt: skip
     assert weight == meta["parameters"][0]
@@ -65,11 +67,136 @@ def test_overwrite_replaces_the_trace_and_keeps_foreign_files(reference_trace):
     assert 1 == len(tracer.load(reference_trace, kind="loss"))
 
 
-def test_a_directory_of_other_parquet_files_is_refused(tmp_path):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_of_other_parquet_files_is_refused(tmp_path, overwrite):
     pq.write_table(pa.table({"a": [1]}), tmp_path / "data.parquet")
-    with pytest.raises(FileExistsError, match="not a trace"):
-        _trace_once(tmp_path, overwrite=True)
-    assert (tmp_path / "data.parquet").exists()
+    pq.write_table(pa.table({"a": [2]}), tmp_path / "part-00000.parquet")  # Spark's, Hive's
+    with pytest.raises(
+        FileExistsError, match=r"holds Parquet files that tracer did not write \(data.parquet, part-00000.parquet\)"
+    ):
+        _trace_once(tmp_path, overwrite=overwrite)
+    assert ["data.parquet", "part-00000.parquet"] == sorted(p.name for p in tmp_path.iterdir())
+
+
+def _foreign_parquet(path, name):
+    """A Parquet file that pyarrow wrote at ``path / name``: no tracer footer."""
+    pq.write_table(pa.table({"step": [0]}), path / name)
+    return path / name
+
+
+def test_a_tracer_like_name_without_tracer_footer_is_not_a_trace(tmp_path):
+    from tracer._store import check_destination, is_trace
+
+    _foreign_parquet(tmp_path, "part-00000-0123abcd-000000.parquet")
+    assert not is_trace(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="tracer did not write .part-00000-0123abcd-000000.parquet"):
+            check_destination(tmp_path, overwrite=overwrite)
+    assert (tmp_path / "part-00000-0123abcd-000000.parquet").exists()
+
+
+def test_a_trace_without_metadata_is_a_trace(reference_trace):
+    from tracer._store import check_destination, is_trace
+
+    (reference_trace / "_tracer.json").unlink()  # e.g. a rank other than 0 wrote only data
+    assert is_trace(reference_trace)
+    with pytest.raises(FileExistsError, match="already holds a trace"):
+        check_destination(reference_trace, overwrite=False)
+    check_destination(reference_trace, overwrite=True)
+
+
+def test_foreign_parquet_beside_a_trace_is_refused_and_nothing_deleted(reference_trace):
+    _foreign_parquet(reference_trace, "part-00000-0123abcd-000000.parquet")
+    (reference_trace / "sub").mkdir()
+    _foreign_parquet(reference_trace / "sub", "part-0000.parquet")  # tracer.load would read it too
+    before = sorted(p.name for p in reference_trace.rglob("*"))
+    for overwrite in (False, True):
+        shown = re.escape(f"(part-00000-0123abcd-000000.parquet, {os.path.join('sub', 'part-0000.parquet')})")
+        with pytest.raises(FileExistsError, match=f"did not write {shown}"):
+            _trace_once(reference_trace, overwrite=overwrite)
+    assert before == sorted(p.name for p in reference_trace.rglob("*"))
+
+
+def test_overwrite_deletes_every_ranks_files_and_only_those(tmp_path):
+    from tracer._store import Writer, prepare_directory
+    from tracer._tensors import capture
+
+    path = tmp_path / "t"
+    _trace_once(path)
+    rank1 = Writer(path, rank=1, flush_seconds=60)
+    rank1.put((0, 0, "loss", "", 0, "", None, capture(torch.ones(1), None), None, None, None, None))
+    rank1.close()
+    (path / ".part-00002-89abcdef-000000.tmp").write_bytes(b"half")  # a killed rank's file
+    (path / "._tracer.json.0123abcd.tmp").write_text("{")  # killed while writing the metadata
+    kept = ["notes.txt", "part-00000-notes.txt", ".part-x.tmp", "_tracer.json.bak", "part-00000-0123abcd-000000.csv"]
+    for name in kept:
+        (path / name).write_text("mine")
+    with pytest.raises(FileExistsError, match="already holds a trace"):
+        prepare_directory(path, overwrite=False)
+    assert rank1.files and all((path / name).exists() for name in rank1.files)
+    prepare_directory(path, overwrite=True)  # rank 0 prepares for every rank
+    assert sorted(kept) == sorted(p.name for p in path.iterdir())
+
+
+def test_a_listed_data_file_is_deleted_even_when_its_footer_is_unreadable(reference_trace):
+    from tracer._store import prepare_directory
+
+    (data,) = reference_trace.glob("part-*.parquet")
+    meta = json.loads((reference_trace / "_tracer.json").read_text())
+    assert [data.name] == meta["files"]  # what the session writes from Writer.files
+    data.write_bytes(data.read_bytes()[:100])  # truncated: no footer left to vouch for it
+    prepare_directory(reference_trace, overwrite=True)
+    assert [] == list(reference_trace.iterdir())
+
+
+def test_an_unlisted_data_file_with_an_unreadable_footer_is_kept(reference_trace):
+    from tracer._store import prepare_directory
+
+    (data,) = reference_trace.glob("part-*.parquet")
+    data.write_bytes(b"PAR1 not parquet")
+    meta = json.loads((reference_trace / "_tracer.json").read_text())
+    meta["files"] = []
+    (reference_trace / "_tracer.json").write_text(json.dumps(meta))
+    with pytest.raises(FileExistsError, match=f"did not write .{data.name}"):
+        prepare_directory(reference_trace, overwrite=True)
+    assert data.exists() and (reference_trace / "_tracer.json").exists()
+
+
+def _leftovers(path):
+    return sorted(p.name for p in path.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_write_json_atomic_removes_its_temporary_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    from tracer._store import write_json_atomic
+
+    target = tmp_path / "_tracer.json"
+    write_json_atomic(target, {"v": 1})
+    write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        write_text(self, text[: len(text) // 2], *args, **kwargs)  # half of it made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_json_atomic(target, {"v": 2})
+    monkeypatch.undo()
+    assert [] == _leftovers(tmp_path)
+    assert {"v": 1} == json.loads(target.read_text())  # the old file, whole
+
+
+def test_write_json_atomic_removes_its_temporary_file_when_the_rename_fails(tmp_path):
+    from tracer._store import write_json_atomic
+
+    target = tmp_path / "_tracer.json"
+    target.mkdir()  # a directory in the way: the rename fails
+    (target / "x").write_text("")
+    with pytest.raises(OSError):
+        write_json_atomic(target, {"v": 1})
+    assert [] == _leftovers(tmp_path)
 
 
 def test_a_file_path_is_refused(tmp_path):
@@ -200,6 +327,8 @@ def test_writer_threads_write_every_row_once_and_flush_waits_for_them(tmp_path, 
         writer.put((1, i, "grad", f"p{i}", 0, "", None, capture(t, None), None, None, None, None))
     writer.close()
     assert writer.files_written > 2 and writer.rows_written == 60 and writer.error is None
+    assert sorted(writer.files) == sorted(p.name for p in tmp_path.iterdir())
+    assert len(writer.files) == writer.files_written
     frame = tracer.load(tmp_path)
     assert frame.seq.tolist() == list(range(60))
     assert [float(v[0]) for v in frame["values"]] == [float(i) for i in range(60)]
@@ -240,6 +369,81 @@ def test_flush_waits_for_an_earlier_file_that_finishes_last(tmp_path, monkeypatc
     assert tracer.load(tmp_path).seq.tolist() == [0, 1, 2, 3]
 
 
+def _row(seq, step=0):
+    from tracer._tensors import capture
+
+    return (step, seq, "grad", f"p{seq % 8}", 0, "", None, capture(torch.ones(4), None), None, None, None, None)
+
+
+def _slow_writes(monkeypatch, *, per_file, per_row):
+    """Make every file take ``per_file + per_row * rows`` seconds longer: a slow machine."""
+    from tracer._store import Writer
+
+    write = Writer._write
+
+    def slow_write(self, rows, index, values):
+        time.sleep(per_file + per_row * len(rows))
+        return write(self, rows, index, values)
+
+    monkeypatch.setattr(Writer, "_write", slow_write)
+
+
+def _ages(directory, files, put_at):
+    """Each file's age when it became readable: its rename time less its oldest row's put time."""
+    return [f.renamed - min(put_at[s] for s in pq.read_table(directory / f.name, columns=["seq"])["seq"].to_pylist())
+            for f in files]  # fmt: skip
+
+
+def test_a_row_is_readable_within_flush_seconds_of_its_put_when_writing_is_slow(tmp_path, monkeypatch):
+    from tracer._store import Writer
+
+    flush = 0.5
+    # ~0.2 s to write the ~450 rows of one flush interval: a file started at the flush
+    # deadline (as before) renames its oldest row ~0.7 s after it was put
+    _slow_writes(monkeypatch, per_file=0.05, per_row=0.25e-3)
+    files, put_at = [], {}
+    writer = Writer(tmp_path, flush_seconds=flush, on_file=files.append)
+    seq, end = 0, time.monotonic() + 3.5
+    while time.monotonic() < end:
+        for _ in range(20):  # a training step's rows, then the rest of the step
+            put_at[seq] = time.monotonic()
+            writer.put(_row(seq, step=seq // 20))
+            seq += 1
+        time.sleep(0.02)
+    last_put = time.monotonic()
+    writer.close()
+    assert writer.error is None and writer.rows_written == seq
+    timely = [f for f in files if f.renamed <= last_put]  # close() writes the rest at once
+    ages = _ages(tmp_path, timely, put_at)
+    assert len(timely) >= 4, f"only {len(timely)} files: the test did not run long enough"
+    assert max(ages) <= flush + 0.1, f"rows became readable {max(ages):.3f} s after they were put"
+    assert all(f.oldest_put >= put_at[0] and f.renamed > f.started for f in files)
+
+
+def test_a_file_takes_no_more_rows_than_it_can_write_in_time(tmp_path, monkeypatch):
+    from tracer._store import Writer
+
+    flush = 0.5
+    _slow_writes(monkeypatch, per_file=0.0, per_row=0.5e-3)  # 1,200 rows: 0.6 s in one file
+    files, put_at = [], {}
+    writer = Writer(tmp_path, flush_seconds=flush, threads=2, on_file=files.append)
+    for seq in range(100):  # one file first, so the writer knows how long rows take here
+        put_at[seq] = time.monotonic()
+        writer.put(_row(seq))
+    writer.flush()
+    calibration = len(files)
+    for seq in range(100, 1300):  # then a burst: too much for one file in time
+        put_at[seq] = time.monotonic()
+        writer.put(_row(seq, step=1))
+    writer.close()
+    burst = files[calibration:]
+    assert writer.error is None and sum(f.rows for f in burst) == 1200
+    assert len(burst) >= 2
+    assert max(f.renamed - f.started for f in burst) <= flush
+    first = min(burst, key=lambda f: f.started)
+    assert _ages(tmp_path, [first], put_at)[0] <= flush + 0.1
+
+
 def test_a_tensor_too_large_for_a_list_keeps_its_statistics(tmp_path, monkeypatch):
     monkeypatch.setattr(tracer._store, "MAX_LIST_VALUES", 100)
     model = nn.Linear(10, 20)  # weight: 200 elements, bias: 20
@@ -266,20 +470,24 @@ def test_copies_are_made_on_the_cpu_whatever_the_default_device():
 def test_write_failure_is_raised_and_training_is_untouched(tmp_path):
     model, x, y, loss_fn, opt = make_reference()
     path = tmp_path / "t"
-    with pytest.raises(tracer.TraceWriteError, match="could not write"):
-        with tracer.trace(model, opt, path=path, flush_seconds=0.01) as run:
-            train_reference(model, x, y, loss_fn, opt)
-            run.flush()
-            for f in path.iterdir():
-                f.unlink()
-            path.rmdir()  # the directory disappears mid-run
-            train_reference(model, x, y, loss_fn, opt)
-            run.flush()  # the writer fails here, on its thread
-            train_reference(model, x, y, loss_fn, opt)  # raised at the next step boundary
-            pytest.fail("the write error was not raised")
-    assert 3 == run.step  # raised at the end of the third step, after its update
+    with (
+        pytest.raises(tracer.TraceWriteError, match="could not write"),
+        tracer.trace(model, opt, path=path, flush_seconds=0.01) as run,
+    ):
+        train_reference(model, x, y, loss_fn, opt)
+        run.flush()
+        for f in path.iterdir():
+            f.unlink()
+        path.rmdir()  # the directory disappears mid-run
+        train_reference(model, x, y, loss_fn, opt)
+        run.flush()  # the writer fails here, on its thread
+        train_reference(model, x, y, loss_fn, opt)  # raised at the next step boundary
+        pytest.fail("the write error was not raised")
+    # raised at the end of the step during which the writer failed (the second or the
+    # third: a file may start before the second step ends), after that step's update
+    assert run.step in (2, 3)
     plain, x, y, loss_fn, plain_opt = make_reference()
-    train_reference(plain, x, y, loss_fn, plain_opt, steps=3)
+    train_reference(plain, x, y, loss_fn, plain_opt, steps=run.step)
     assert torch.equal(plain.weight, model.weight)  # every update happened, untouched
 
 

@@ -317,6 +317,18 @@ def test_golden_missing_then_written_then_matched(ref, tmp_path):
     tt.assert_matches_golden(ref, golden, kinds=["loss", "grad", "update"], update=False)
 
 
+def test_golden_never_deletes_parquet_files_tracer_did_not_write(ref, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    golden = tmp_path / "golden"
+    tt.assert_matches_golden(ref, golden, kinds=["loss"], update=True)
+    pq.write_table(pa.table({"x": [1]}), golden / "part-00000.parquet")  # Spark's, say
+    with pytest.raises(FileExistsError, match="did not write.*part-00000.parquet"):
+        tt.assert_matches_golden(ref, golden, kinds=["loss", "grad"], update=True)
+    assert (golden / "part-00000.parquet").exists()
+
+
 def test_golden_divergence_message(ref, tmp_path):
     golden = tmp_path / "golden"
     tt.assert_matches_golden(ref, golden, kinds=["update"], update=True)
@@ -386,3 +398,82 @@ def test_public_names():
     assert sorted(tt.__all__) == tt.__all__
     for name in tt.__all__:
         assert callable(getattr(tt, name))
+
+
+# --------------------------------------------------------------------------- evaluation rows
+
+
+X_EVAL = torch.tensor([[3.0, -1.0]], dtype=torch.float64)  # reference weights [1, 1], bias 0: ŷ = 2
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """Step 0 of the reference example after two forward passes under torch.no_grad() (evaluations)."""
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=tmp_path_factory.mktemp("eval") / "t") as run:
+        with torch.no_grad():
+            model(X_EVAL)  # ŷ = 2
+            model(2 * X_EVAL)  # ŷ = 4
+        train_reference(model, x, y, loss_fn, optimizer)
+    return run
+
+
+def calls_apart(frame):
+    """``frame`` with the calls of evaluation and training forwards each counted from 0, as the
+    capture side numbers them (a trace already numbered so is left as it is)."""
+    frame = frame.copy()
+    modules = frame["kind"].isin(["input", "activation", "activation_grad"])
+    evaluation = frame["grad_enabled"].eq(False).fillna(False)
+    rows = frame[modules].assign(evaluation=evaluation[modules])
+    ranks = rows.groupby(["step", "kind", "name", "part", "evaluation"])["call"].rank(method="dense") - 1
+    frame.loc[modules, "call"] = ranks.astype("int64")
+    return frame
+
+
+def test_evaluation_and_training_rows_of_one_call_are_told_apart(evaluated):
+    frame = calls_apart(tracer.load(evaluated))
+    both = frame[(frame.kind == "activation") & (frame.call == 0)]
+    assert [False, True] == list(both.grad_enabled)  # the evaluation ran first: same step, same call
+    tt.assert_activation(frame, "", [[3.0]])  # the training row, not the evaluation one first in the trace
+    tt.assert_input(frame, "", [[1.0, 2.0]])
+    tt.assert_activation(frame, "", [[2.0]], evaluation=True)
+    tt.assert_input(frame, "", X_EVAL, evaluation=True)
+    assert "(evaluation: recorded without gradients) is not close" in failure(
+        tt.assert_activation, frame, "", [[3.0]], evaluation=True
+    )
+
+
+def test_evaluation_rows_of_a_real_trace(evaluated):
+    tt.assert_activation(evaluated, "", [[2.0]], evaluation=True)  # calls 0 and 1 in any numbering: they ran first
+    tt.assert_activation(evaluated, "", [[4.0]], evaluation=True, call=1)
+    training = tracer.load(evaluated, kind="activation").query("grad_enabled == True")
+    tt.assert_activation(evaluated, "", [[3.0]], call=int(training.call.iloc[0]))
+
+
+def test_an_inference_only_trace_uses_its_evaluation_rows(tmp_path):
+    model, *_ = make_reference()
+    with tracer.trace(model, path=tmp_path / "t") as run, torch.no_grad():
+        model(X_EVAL)
+    tt.assert_activation(run, "", [[2.0]])
+    tt.assert_input(run, "", X_EVAL)
+    message = failure(tt.assert_activation, run, "", [[9.0]])
+    assert message.startswith("activation '' at step 0, call 0 (evaluation: recorded without gradients) is not close")
+
+
+def test_missing_evaluation_rows_say_what_there_is(ref, evaluated):
+    message = failure(tt.assert_activation, ref, "", [[3.0]], evaluation=True)
+    assert "activation '' has no evaluation rows" in message and "pass evaluation=False" in message
+    message = failure(tt.assert_activation, calls_apart(tracer.load(evaluated)), "", [[4.0]], call=1)
+    assert (
+        "no activation '' at step 0, call 1: activation '' at step 0 has calls 0; "
+        "an evaluation row (recorded without gradients) matches: pass evaluation=True"
+    ) == message
+
+
+def test_diff_never_compares_a_training_row_with_an_evaluation_row(ref, evaluated):
+    frame = calls_apart(tracer.load(evaluated))
+    found = tracer.diff(frame, ref.path, kinds=["input", "activation"])
+    assert ("input", "", 0, "missing", True) == (found.kind, found.name, found.call, found.field, found.evaluation)
+    assert "input '' call 0 part '0' (evaluation, no gradients) is in a but not in b" in str(found)
+    training = frame[frame.grad_enabled != False]
+    assert tracer.diff(training, tracer.load(ref.path, step=0), kinds=["input", "activation"]) is None

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from tracer import rules
+from tracer._reader import is_complex, parse_hparams
 from tracer._replay import find_class, replay
 
-_EPS = {"float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7}
+_EPS = {
+    "float64": 2.0**-52, "float32": 2.0**-23, "float16": 2.0**-10, "bfloat16": 2.0**-7,
+    "complex128": 2.0**-52, "complex64": 2.0**-23, "complex32": 2.0**-10,
+}  # fmt: skip
+"""Machine epsilon per dtype; a complex dtype's is that of its real and imaginary parts."""
 
 
 @dataclasses.dataclass
@@ -23,7 +28,7 @@ class UpdateCheck:
 
     step: int
     name: str
-    optimizer: str
+    optimizer: str | None  # None: the update was made outside torch.optim
     param_group: int | None
     hparams: dict[str, Any]
     dtype: str
@@ -90,15 +95,23 @@ def compare(dtype: str, old: torch.Tensor, predicted: torch.Tensor, observed: to
 
 
 def _tensor(row: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor | None:
+    """The row's values as a tensor of its shape; a complex tensor as its real view (shape + (2,)),
+    as ``torch.optim`` steps it."""
     values = row["values"]
     if values is None or (isinstance(values, float) and math.isnan(values)):
         return None
-    return torch.from_numpy(np.array(values, dtype=np.float64)).reshape(tuple(row["shape"])).to(dtype)
+    tensor = torch.from_numpy(np.array(values)).reshape(tuple(row["shape"]))
+    if tensor.is_complex():
+        tensor = torch.view_as_real(tensor)
+    return tensor.to(dtype)
 
 
 def _torch_dtype(name: str) -> torch.dtype:
+    """The dtype a checked tensor is replayed in: a complex one's real view takes its parts' dtype."""
     dtype = getattr(torch, name, None)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float64
+    if not isinstance(dtype, torch.dtype):
+        return torch.float64
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
 def build_checks(
@@ -132,15 +145,15 @@ def build_checks(
         par, grd = entry.get("param"), entry.get("grad")
         hp_text = upd["hparams"]
         if isinstance(hp_text, str) and hp_text not in hparams_cache:
-            hparams_cache[hp_text] = json.loads(hp_text)
+            hparams_cache[hp_text] = parse_hparams(hp_text, f"the hparams of the update of {name!r} at step {step}")
         check = UpdateCheck(
             step=int(step),
             name=str(name),
-            optimizer=str(upd["optimizer"]),
+            optimizer=upd["optimizer"] if isinstance(upd["optimizer"], str) else None,
             param_group=_group(upd["param_group"]),
             hparams=dict(hparams_cache[hp_text]) if isinstance(hp_text, str) else {},
             dtype=str(par["dtype"]) if par is not None else "float64",
-            shape=tuple(int(s) for s in upd["shape"]),
+            shape=_checked_shape(upd),
         )
         check.norms = {
             "update": float(upd["norm"]),
@@ -155,17 +168,26 @@ def build_checks(
     return checks
 
 
+def _checked_shape(row: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of what is checked: a complex parameter's real view has a last axis of 2."""
+    shape = tuple(int(s) for s in row["shape"])
+    return (*shape, 2) if is_complex(str(row["dtype"])) else shape
+
+
 def _group(value: Any) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else int(value)
 
 
 def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes) -> None:
     bases = optimizer_bases.get(check.optimizer, [])
-    rule, used = rules.rule_for(check.optimizer, bases)
+    rule, used = rules.rule_for(check.optimizer, bases) if check.optimizer is not None else (None, None)
     if rule is not None:
+        try:
+            check.rule, check.latex = rule.text(check.hparams), rule.latex(check.hparams)
+        except _BAD_HPARAMS as exc:
+            check.reason = _bad_hparams(used, exc)
+            return
         check.rule_class = used
-        check.rule = rule.text(check.hparams)
-        check.latex = rule.latex(check.hparams)
     update = _tensor(upd)
     param = _tensor(par) if par is not None else None
     grad = _tensor(grd) if grd is not None else None
@@ -193,12 +215,18 @@ def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
     check.update = update.numpy()
     observed = param + update
     check.observed = observed.flatten().tolist()
+    if check.optimizer is None:
+        check.reason = NO_OPTIMIZER
+        return
     reasons = []
     if rule is not None:
         try:
             predicted = rule.predict(param, grad, state, check.rule_hparams)
         except rules.CannotPredict as exc:
             reasons.append(f"the {used} rule cannot predict this update: {exc}")
+        except _BAD_HPARAMS as exc:
+            check.reason = _bad_hparams(used, exc)
+            return
         else:
             _settle(check, "rule", predicted, param, observed)
             return
@@ -224,6 +252,19 @@ def _run_check(check, upd, par, grd, state_rows, optimizer_bases, extra_classes)
         return
     _settle(check, "replay", new.to(torch.float64), param, observed)
     check.reason = "; ".join(reasons) or None
+
+
+NO_OPTIMIZER = "no optimizer made this update (a change outside torch.optim), so no rule says what it should be"
+
+_BAD_HPARAMS = (TypeError, ValueError, KeyError, ArithmeticError)
+"""What a rule raises on hyper-parameters of the wrong type (a damaged or hand-made trace)."""
+
+
+def _bad_hparams(rule_class: str | None, exc: Exception) -> str:
+    return (
+        f"the traced hyper-parameters do not fit the {rule_class} rule ({type(exc).__name__}: {exc}); "
+        "is the trace's hparams column damaged?"
+    )
 
 
 def _native(value: torch.Tensor, state_rows: list[dict[str, Any]], key: str) -> torch.Tensor:

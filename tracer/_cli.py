@@ -11,8 +11,8 @@ import json
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -162,9 +162,9 @@ def _diff(args: argparse.Namespace) -> int:
     a, b = _trace_dir(args.a), _trace_dir(args.b)
     found = diff(a, b, rtol=args.rtol, atol=args.atol, kinds=args.kinds)
     if found is None:
-        print(f"no divergence: {a} and {b} are close")
+        print(f"no divergence: {_shown(a)} and {_shown(b)} are close")
         return EXIT_OK
-    print(f"a: {a}\nb: {b}\n{found}")
+    print(f"a: {_shown(a)}\nb: {_shown(b)}\n{found}")
     return EXIT_DIFFERENT
 
 
@@ -176,7 +176,7 @@ def _report(args: argparse.Namespace) -> int:
     text = result.to_html() if args.format == "html" else result.to_markdown()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
+        print(f"wrote {_shown(args.output)}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     if args.check:
@@ -212,10 +212,20 @@ def _passed(matches: object) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error as one printable line (a file name that is not UTF-8 is shown escaped)."""
+    from tracer._render import escape_text
+
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
         text += f": {exc.filename}"
-    return text
+    return escape_text(text)
+
+
+def _shown(path: object) -> str:
+    """A path as printed: characters that cannot be printed (bytes of a non-UTF-8 name) escaped."""
+    from tracer._render import escape_text
+
+    return escape_text(str(path))
 
 
 _DIAGNOSE_EPILOG = """\

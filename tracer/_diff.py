@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,14 +19,18 @@ from tracer._schema import KINDS
 if TYPE_CHECKING:
     import pandas
 
-KEY = ("step", "rank", "kind", "name", "call", "part")
-"""The columns that identify a row: two traces are compared row by row on these."""
+_STORED_KEY = ("step", "rank", "kind", "name", "call", "part")
+KEY = (*_STORED_KEY, "evaluation")
+"""What identifies a row: two traces are compared row by row on these. ``evaluation``
+(``grad_enabled`` false: a forward pass under ``torch.no_grad()``/``inference_mode``)
+is derived: evaluation passes number their calls apart from training ones, so a training
+row is never compared with an evaluation row."""
 
 STATS = ("numel", "mean", "std", "min", "max", "norm", "nonfinite")
 """Compared when a row's values are not stored in both traces (``nonfinite`` and ``numel`` exactly)."""
 
 _EXACT_STATS = ("numel", "nonfinite")
-_DIFF_COLUMNS = (*KEY, "seq", "shape", "dtype", *STATS, "values")
+_DIFF_COLUMNS = (*_STORED_KEY, "grad_enabled", "seq", "shape", "dtype", *STATS, "values")
 
 # torch.testing's defaults, used only when its private table cannot be imported
 _FALLBACK_TOLERANCES = {
@@ -49,7 +54,7 @@ def frame(
     name: str | Iterable[str] | None = None,
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
-) -> "pandas.DataFrame":
+) -> pandas.DataFrame:
     """The rows of ``trace`` (a path, a ``Run`` or a DataFrame from ``tracer.load``), filtered.
 
     Filters mean what they mean in ``tracer.load``; rows come back in training order.
@@ -82,14 +87,14 @@ def frame(
     return rows[wanted].reset_index(drop=True)
 
 
-def _name_mask(names: "pandas.Series", name: str | Iterable[str]) -> np.ndarray:
+def _name_mask(names: pandas.Series, name: str | Iterable[str]) -> np.ndarray:
     patterns = [name] if isinstance(name, str) else list(name)
     if not any(ch in p for p in patterns for ch in "*?["):
         return names.isin(patterns).to_numpy()
     return np.array([any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names], dtype=bool)
 
 
-def _step_mask(steps: "pandas.Series", step: int | Iterable[int] | slice) -> np.ndarray:
+def _step_mask(steps: pandas.Series, step: int | Iterable[int] | slice) -> np.ndarray:
     values = steps.to_numpy()
     if isinstance(step, slice):
         if step.step not in (None, 1):
@@ -158,13 +163,15 @@ def close(a: np.ndarray, b: np.ndarray, rtol: Any, atol: Any) -> np.ndarray:
         return (a == b) | (np.abs(a - b) <= atol + rtol * np.abs(b)) | (np.isnan(a) & np.isnan(b))
 
 
-def describe(kind: str, name: str, call: int, part: str, rank: int = 0) -> str:
+def describe(kind: str, name: str, call: int, part: str, rank: int = 0, evaluation: bool = False) -> str:
     """``"grad 'fc.weight' call 0"``: how messages name one row."""
     text = f"{kind} {name!r} call {call}"
     if part:
         text += f" part {part!r}"
     if rank:
         text += f" rank {rank}"
+    if evaluation:
+        text += " (evaluation, no gradients)"
     return text
 
 
@@ -191,6 +198,8 @@ class Divergence:
         a, b: the two values there: numbers for values/statistics, shapes for ``"shape"``,
             and for ``"missing"`` whether the row is in ``a`` / in ``b``.
         later: how many later rows (in training order) also differ.
+        evaluation: the row is of a forward pass run without gradients (``grad_enabled``
+            false), whose calls are counted apart from the training ones.
     """
 
     step: int
@@ -204,6 +213,7 @@ class Divergence:
     b: Any
     later: int
     rank: int = 0
+    evaluation: bool = False
     shape: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
     rtol: float | None = dataclasses.field(default=None, repr=False)
     atol: float | None = dataclasses.field(default=None, repr=False)
@@ -212,7 +222,7 @@ class Divergence:
 
     def __str__(self) -> str:
         la, lb = self.labels
-        row = describe(self.kind, self.name, self.call, self.part, self.rank)
+        row = describe(self.kind, self.name, self.call, self.part, self.rank, self.evaluation)
         head = f"traces diverge at step {self.step}: {row}"
         if self.field == "missing":
             where = f"is in {la} but not in {lb}" if self.a else f"is in {lb} but not in {la}"
@@ -248,16 +258,17 @@ def _shape(shape: Any) -> str:
 
 def _abs(x: Any) -> float:
     try:
-        return abs(float(x))
+        return abs(complex(x))
     except (TypeError, ValueError):
         return float("nan")
 
 
 def _abs_diff(a: Any, b: Any) -> float:
+    """|a − b| of two numbers, real or complex (NaN when either is not a number)."""
     try:
         with np.errstate(all="ignore"):
-            return float(abs(float(a) - float(b)))
-    except (TypeError, ValueError):
+            return float(abs(complex(a) - complex(b)))
+    except (TypeError, ValueError, OverflowError):
         return float("nan")
 
 
@@ -326,11 +337,12 @@ def compare(
     return _divergence(row, float(rtols[first]), float(atols[first]), int(bad.size - 1), fa, fb, labels)
 
 
-def _merge(fa: "pandas.DataFrame", fb: "pandas.DataFrame") -> "pandas.DataFrame":
+def _merge(fa: pandas.DataFrame, fb: pandas.DataFrame) -> pandas.DataFrame:
     import pandas as pd
 
-    def prepared(f: "pandas.DataFrame") -> "pandas.DataFrame":
+    def prepared(f: pandas.DataFrame) -> pandas.DataFrame:
         f = f.copy()
+        f["evaluation"] = f["grad_enabled"].eq(False).fillna(False).astype(bool)
         f["order"] = f.groupby("step", sort=False).cumcount()  # f is in training order
         f["dup"] = f.groupby(list(KEY), sort=False).cumcount()
         return f
@@ -345,11 +357,11 @@ def _merge(fa: "pandas.DataFrame", fb: "pandas.DataFrame") -> "pandas.DataFrame"
 
 
 def _row_tolerances(
-    merged: "pandas.DataFrame",
+    merged: pandas.DataFrame,
     a: Any,
     b: Any,
-    fa: "pandas.DataFrame",
-    fb: "pandas.DataFrame",
+    fa: pandas.DataFrame,
+    fb: pandas.DataFrame,
     rtol: float | None,
     atol: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +386,7 @@ def _row_tolerances(
     return rtols, atols
 
 
-def _param_dtypes(trace: Any, rows: "pandas.DataFrame") -> dict[tuple[int, str], str]:
+def _param_dtypes(trace: Any, rows: pandas.DataFrame) -> dict[tuple[int, str], str]:
     """``(rank, name) -> dtype`` of the parameters: an update is judged at its parameter's precision."""
     params = rows[rows["kind"].isin(["param", "grad"])]
     if params.empty:
@@ -386,7 +398,7 @@ def _param_dtypes(trace: Any, rows: "pandas.DataFrame") -> dict[tuple[int, str],
     return out
 
 
-def _differs(merged: "pandas.DataFrame", rtols: np.ndarray, atols: np.ndarray) -> np.ndarray:
+def _differs(merged: pandas.DataFrame, rtols: np.ndarray, atols: np.ndarray) -> np.ndarray:
     n = len(merged)
     differs = (merged["_merge"] != "both").to_numpy().copy()
     both = np.flatnonzero(~differs)
@@ -400,8 +412,8 @@ def _differs(merged: "pandas.DataFrame", rtols: np.ndarray, atols: np.ndarray) -
             with_values.append(int(i))
     if with_values:
         idx = np.array(with_values)
-        va = [np.asarray(values_a[i], dtype=np.float64).ravel() for i in idx]
-        vb = [np.asarray(values_b[i], dtype=np.float64).ravel() for i in idx]
+        va = [_flat(values_a[i]) for i in idx]
+        vb = [_flat(values_b[i]) for i in idx]
         lengths = np.array([v.size for v in va])
         same_length = lengths == np.array([v.size for v in vb])
         differs[idx[~same_length]] = True
@@ -432,7 +444,7 @@ def _differs(merged: "pandas.DataFrame", rtols: np.ndarray, atols: np.ndarray) -
     return differs
 
 
-def _stat_column(merged: "pandas.DataFrame", stat: str, side: str) -> np.ndarray:
+def _stat_column(merged: pandas.DataFrame, stat: str, side: str) -> np.ndarray:
     return merged[f"{stat}_{side}"].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -440,6 +452,16 @@ def _shape_tuple(shape: Any) -> tuple[int, ...] | None:
     if shape is None or (isinstance(shape, float) and np.isnan(shape)):
         return None
     return tuple(int(s) for s in shape)
+
+
+def _flat(values: Any) -> np.ndarray:
+    """A row's values, flat: float64, or complex128 for a complex tensor (compared as complex)."""
+    values = np.asarray(values)
+    return values.ravel() if np.iscomplexobj(values) else values.astype(np.float64, copy=False).ravel()
+
+
+def _number(x: Any) -> float | complex:
+    return complex(x) if np.iscomplexobj(x) else float(x)
 
 
 def _has_values(values: Any) -> bool:
@@ -451,20 +473,21 @@ def _divergence(
     rtol: float,
     atol: float,
     later: int,
-    fa: "pandas.DataFrame",
-    fb: "pandas.DataFrame",
+    fa: pandas.DataFrame,
+    fb: pandas.DataFrame,
     labels: tuple[str, str],
 ) -> Divergence:
-    key = dict(
-        step=int(row["step"]),
-        kind=row["kind"],
-        name=row["name"],
-        call=int(row["call"]),
-        part=row["part"],
-        rank=int(row["rank"]),
-        later=later,
-        labels=labels,
-    )
+    key = {
+        "step": int(row["step"]),
+        "kind": row["kind"],
+        "name": row["name"],
+        "call": int(row["call"]),
+        "part": row["part"],
+        "rank": int(row["rank"]),
+        "evaluation": bool(row["evaluation"]),
+        "later": later,
+        "labels": labels,
+    }
     if row["_merge"] != "both":
         in_a = row["_merge"] == "left_only"
         note = _missing_note(key, fa, fb, in_a, labels)
@@ -472,14 +495,13 @@ def _divergence(
     shape_a, shape_b = _shape_tuple(row["shape_a"]), _shape_tuple(row["shape_b"])
     if shape_a != shape_b:
         return Divergence(**key, field="shape", index=None, a=shape_a, b=shape_b)
-    tol = dict(rtol=rtol, atol=atol, shape=shape_a)
+    tol = {"rtol": rtol, "atol": atol, "shape": shape_a}
     if _has_values(row["values_a"]) and _has_values(row["values_b"]):
-        va = np.asarray(row["values_a"], dtype=np.float64).ravel()
-        vb = np.asarray(row["values_b"], dtype=np.float64).ravel()
+        va, vb = _flat(row["values_a"]), _flat(row["values_b"])
         if va.size != vb.size:  # a shape that does not match its values: report the lengths
             return Divergence(**key, field="shape", index=None, a=(va.size,), b=(vb.size,))
         flat = int(np.flatnonzero(~close(va, vb, rtol, atol))[0])
-        return Divergence(**key, field="values", index=flat, a=float(va[flat]), b=float(vb[flat]), **tol)
+        return Divergence(**key, field="values", index=flat, a=_number(va[flat]), b=_number(vb[flat]), **tol)
     for stat in STATS:
         x, y = _stat_value(row[f"{stat}_a"]), _stat_value(row[f"{stat}_b"])
         same = (x == y or (np.isnan(x) and np.isnan(y))) if stat in _EXACT_STATS else bool(
@@ -500,7 +522,7 @@ def _stat_value(value: Any) -> float:
 
 
 def _missing_note(
-    key: dict[str, Any], fa: "pandas.DataFrame", fb: "pandas.DataFrame", in_a: bool, labels: tuple[str, str]
+    key: dict[str, Any], fa: pandas.DataFrame, fb: pandas.DataFrame, in_a: bool, labels: tuple[str, str]
 ) -> str:
     """Why a row is in one trace only: the step is missing, or the name changed."""
     here, there = (fa, fb) if in_a else (fb, fa)
@@ -524,10 +546,10 @@ def _missing_note(
 
 
 def _steps_text(steps: Any) -> str:
-    steps = sorted(int(s) for s in steps)
+    steps = sorted({int(s) for s in steps})
     if not steps:
         return "none"
-    if steps == list(range(steps[0], steps[-1] + 1)) and len(steps) > 2:
+    if len(steps) == steps[-1] - steps[0] + 1 and len(steps) > 2:  # no gaps
         return f"{steps[0]} to {steps[-1]}"
     shown = ", ".join(str(s) for s in steps[:10])
     return shown + (", ..." if len(steps) > 10 else "")

@@ -26,8 +26,11 @@ def _ok(got: float, traced: float) -> str:
 
 
 def _vec(row: Any) -> np.ndarray | None:
+    """The row's stored values (None when not stored, or complex: no hand calculation covers those)."""
     v = row["values"] if row is not None else None
-    return None if v is None else np.asarray(v, dtype=np.float64)
+    if v is None or np.iscomplexobj(v):
+        return None
+    return np.asarray(v, dtype=np.float64)
 
 
 class _Step:
@@ -165,8 +168,10 @@ def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) 
         else:
             return None
         lines = [
-            f"**Loss.** The target is {_assign('y', y, simple)}"
-            " (recovered from the traced gradient: the target is not a model input).",
+            (
+                f"**Loss.** The target is {_assign('y', y, simple)}"
+                " (recovered from the traced gradient: the target is not a model input)."
+            ),
             f"The model predicted {num(y_hat[0]) if n == 1 else 'ŷ'}; the error is e = ŷ − y"
             + (f" = {num(y_hat[0])} − {arg(y[0])} = {num(e[0])}." if n == 1 else "."),
         ]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from tracer._diff import check_kinds, compare, frame
 from tracer._schema import COLUMNS
@@ -86,7 +87,7 @@ def assert_matches_golden(
 
     # the whole trace goes to compare (filtered there): update rows are judged at the
     # precision of their parameters, which the chosen rows may not include
-    chosen = dict(kinds=wanted, name=names, step=steps, labels=("golden", "trace"))
+    chosen = {"kinds": wanted, "name": names, "step": steps, "labels": ("golden", "trace")}
     if update:
         if is_trace(golden) and _read_selection(golden) == selection:
             if compare(golden, trace, rtol=rtol, atol=atol, **chosen) is None:
@@ -153,20 +154,21 @@ def _read_selection(golden: Path) -> Any:
 
 
 def write_golden(
-    rows: "pandas.DataFrame", golden: Path, *, selection: dict[str, Any], source: Any = None
+    rows: pandas.DataFrame, golden: Path, *, selection: dict[str, Any], source: Any = None
 ) -> None:
     """Write ``rows`` as a one-file trace in ``golden``; only files a trace owns are replaced."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from tracer._load import stored_values
     from tracer._schema import META_FILE, SCHEMA, SCHEMA_VERSION
-    from tracer._store import write_json_atomic
+    from tracer._store import has_tracer_footer, write_json_atomic
 
     limit = selection["max_values"]
     rows = rows[list(COLUMNS)].copy()
-    if limit is not None:
-        big = rows["numel"].to_numpy() > limit
-        rows["values"] = [None if b else v for b, v in zip(big, rows["values"])]
+    big = rows["numel"].to_numpy() > limit if limit is not None else np.zeros(len(rows), dtype=bool)
+    rows["values"] = [None if b else stored_values(v) for b, v in zip(big, rows["values"])]
     table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
     table = table.replace_schema_metadata(SCHEMA.metadata)
     if golden.exists() and not golden.is_dir():
@@ -174,9 +176,16 @@ def write_golden(
     golden.mkdir(parents=True, exist_ok=True)
     tmp = golden / ".golden-writing.tmp"  # matches no pattern deleted below
     pq.write_table(table, tmp, compression="zstd")
-    for old in [*golden.glob("part-*.parquet"), *golden.glob(".part-*.tmp")]:
-        if old.name != _FILE:
-            old.unlink()
+    olds = [old for old in golden.glob("part-*.parquet") if old.name != _FILE]
+    foreign = [old.name for old in olds if not has_tracer_footer(old)]
+    if foreign:  # someone else's Parquet files (Spark's, pyarrow's): never deleted
+        tmp.unlink()
+        raise FileExistsError(
+            f"golden trace directory {str(golden)!r} holds Parquet files that tracer did not write "
+            f"({', '.join(sorted(foreign)[:3])}); choose another directory"
+        )
+    for old in [*olds, *golden.glob(".part-*.tmp")]:
+        old.unlink()
     os.replace(tmp, golden / _FILE)
     meta = {
         "format": "tracer",

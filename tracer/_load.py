@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +36,7 @@ def load(
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
     errors: str = "raise",
-) -> "pandas.DataFrame":
+) -> pandas.DataFrame:
     """Load a trace as a DataFrame, one row per captured tensor, in training order.
 
     Filters are pushed into the Parquet reader, so loading one step of a large trace
@@ -58,19 +59,22 @@ def load(
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
     """
     path = trace_path(trace)
-    table, order = read_trace(path, kind=kind, name=name, step=step, columns=columns, errors=errors)
-    return to_frame(table, order)
+    read = read_trace(path, kind=kind, name=name, step=step, columns=columns, errors=errors)
+    return to_frame(read.table, read.order, read.complex_rows)
 
 
 _NULLABLE = {"nonfinite": "Int64", "param_group": "Int64", "grad_enabled": "boolean"}
 
 
-def to_frame(table: pa.Table, order: np.ndarray | None = None) -> "pandas.DataFrame":
+def to_frame(
+    table: pa.Table, order: np.ndarray | None = None, complex_rows: np.ndarray | None = None
+) -> pandas.DataFrame:
     """Arrow table -> DataFrame, rows taken in ``order`` when given.
 
     Integer/bool columns that may be null keep their type. Each ``values`` entry is a
     read-only NumPy view of the Arrow buffer, not a copy: converting a full-capture trace
-    costs little more than reading it.
+    costs little more than reading it. The values of ``complex_rows`` (stored as
+    interleaved real and imaginary parts) are viewed as complex128, ``numel`` of them.
     """
     has_values = "values" in table.column_names
     frame = table.drop_columns(["values"]).to_pandas() if has_values else table.to_pandas()
@@ -78,14 +82,16 @@ def to_frame(table: pa.Table, order: np.ndarray | None = None) -> "pandas.DataFr
         if column in frame.columns:
             frame[column] = frame[column].astype(dtype)
     if has_values:
-        frame.insert(table.column_names.index("values"), "values", _value_views(table["values"]))
+        views = _value_views(table["values"], complex_rows)
+        frame.insert(table.column_names.index("values"), "values", views)
     if order is not None:
         frame = frame.take(order).reset_index(drop=True)
     return frame
 
 
-def _value_views(column: pa.ChunkedArray) -> np.ndarray:
-    """One read-only float64 array (a view, no copy) or None per row of a list column."""
+def _value_views(column: pa.ChunkedArray, complex_rows: np.ndarray | None = None) -> np.ndarray:
+    """One read-only array (a view, no copy) or None per row of a list column: float64, or
+    complex128 for ``complex_rows``."""
     out = np.empty(len(column), dtype=object)
     start = 0
     for chunk in column.chunks:
@@ -100,4 +106,23 @@ def _value_views(column: pa.ChunkedArray) -> np.ndarray:
             for i in np.flatnonzero(chunk.is_valid().to_numpy(zero_copy_only=False)).tolist():
                 out[start + i] = data[offsets[i] : offsets[i + 1]]  # item by item: never broadcast
         start += n
+    if complex_rows is not None:
+        for i in np.flatnonzero(complex_rows).tolist():
+            if out[i] is not None:
+                out[i] = as_complex(out[i])
     return out
+
+
+def as_complex(interleaved: np.ndarray) -> np.ndarray:
+    """``[re0, im0, re1, im1, ...]`` as complex128 ``[re0 + im0·j, ...]``: a view, not a copy."""
+    return np.ascontiguousarray(interleaved, dtype=np.float64).view(np.complex128)
+
+
+def stored_values(values: Any) -> np.ndarray | None:
+    """A ``values`` entry as the trace stores it: complex values as interleaved float64 parts."""
+    if values is None or (isinstance(values, float) and np.isnan(values)):
+        return None
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+        return np.ascontiguousarray(array, dtype=np.complex128).view(np.float64)
+    return array.astype(np.float64, copy=False)

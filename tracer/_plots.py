@@ -185,7 +185,10 @@ def histogram_plot(trace: Any, *, kind: str, name: str, step: int, call: int = 0
             f"the values of {where} were not stored ({int(rows['numel'].iloc[0])} elements, more than "
             "max_values): only its statistics are in the trace; trace with a larger max_values"
         )
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
+    of = "value"
+    if np.iscomplexobj(values):  # a histogram of |z|, as the statistics of complex tensors are
+        values, of = np.abs(values), "|z|"
     finite = values[np.isfinite(values)]
     with _figure(height=2.8) as fig:
         ax = fig.subplots()
@@ -193,7 +196,7 @@ def histogram_plot(trace: Any, *, kind: str, name: str, step: int, call: int = 0
             ax.hist(finite, bins=min(50, max(5, int(math.sqrt(finite.size)))), color="C0")
         note = f", {values.size - finite.size} non-finite not shown" if finite.size < values.size else ""
         ax.set_title(_escape_mathtext(f"Histogram of {where}: {values.size} values{note}"), fontsize=9)
-        ax.set_xlabel("value")
+        ax.set_xlabel(of)
         ax.set_ylabel("count")
         return _svg(fig, "hist")
 
@@ -309,8 +312,11 @@ def _label(name: str) -> str:
 
 
 def _escape_mathtext(text: str) -> str:
-    """Text shown as is: ``$`` would start matplotlib's mathtext, ``_`` hide a legend entry."""
-    text = text.replace("$", r"\$")
+    """Text shown as is, on one line: ``$`` would start matplotlib's mathtext, ``_`` hide a legend
+    entry, a newline break a title or label."""
+    from tracer._render import escape_text
+
+    text = escape_text(text).replace("$", r"\$")
     return "\u200b" + text if text.startswith("_") else text
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -22,28 +23,156 @@ from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """The trace's metadata (``{}`` for a trace without a metadata file)."""
+    """The trace's metadata, checked: every key a reader uses has its documented type.
+
+    ``{}`` for a trace without a metadata file. Raises TraceFormatError naming the file
+    and the key that is wrong.
+    """
     file = path / META_FILE
     if not file.is_file():
         return {}
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TraceFormatError(f"{str(file)!r} is not valid trace metadata: {exc}") from None
-    if not isinstance(meta, dict):
-        raise TraceFormatError(f"{str(file)!r} is not valid trace metadata: not a JSON object")
+    meta = _parse_json(file.read_bytes, f"{_quoted(file)} is not valid trace metadata")
+    problem = _mismatch(meta, _META_SPEC, "")
+    if problem is not None:
+        raise TraceFormatError(f"{_quoted(file)} is not valid trace metadata: {problem}")
     _check_version(meta.get("schema_version", SCHEMA_VERSION), file)
     return meta
+
+
+def parse_hparams(text: str, where: str) -> dict[str, Any]:
+    """The hyper-parameters of an ``hparams`` cell (JSON text) as a dict; ``where`` names the cell."""
+    value = _parse_json(lambda: text, f"{where} is not valid JSON")
+    if not isinstance(value, dict):
+        raise TraceFormatError(f"{where} must be a JSON object (got {_type_name(value)})")
+    return value
+
+
+def _parse_json(read: Callable[[], str | bytes], what: str) -> Any:
+    try:
+        return json.loads(read())
+    except RecursionError:
+        raise TraceFormatError(f"{what}: it is nested too deeply") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, bad UTF-8
+        raise TraceFormatError(f"{what}: {exc}") from None
+
+
+def _quoted(file: Path) -> str:
+    return repr(str(file))
+
+
+# --------------------------------------------------------------------------- metadata types
+
+
+class _Required:
+    """Marks a key of a :data:`_META_SPEC` object that must be present."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+
+_STRINGS = [str]
+_OPTIONAL_STRINGS = (_STRINGS, None)
+
+_META_SPEC: dict[str, Any] = {
+    "format": str,
+    "schema_version": int,
+    "model": (str, None),
+    "complete": (bool, None),
+    "steps": (int, [int], None),  # a count in a recorded trace, the list of steps in a golden one
+    "optimizers": [{"class": _Required(str), "qualname": str, "bases": _STRINGS, "adopted": bool}],
+    "files": _STRINGS,  # the data files the trace wrote
+    "parameters": [
+        {
+            "name": _Required(str),
+            "shape": [int],
+            "dtype": str,
+            "requires_grad": bool,
+            "optimizer": (int, None),
+            "param_group": (int, None),
+        }
+    ],
+    "options": {
+        "capture": _STRINGS,
+        "max_values": (int, None),
+        "every": int,
+        "include": _OPTIONAL_STRINGS,
+        "exclude": _OPTIONAL_STRINGS,
+    },
+    "golden": (dict, None),
+}
+"""What each metadata key holds: a type, ``None`` (JSON null), a tuple of choices, ``[spec]``
+(a list of such), or ``{key: spec}`` (an object; other keys are allowed, for newer writers)."""
+
+
+def _mismatch(value: Any, spec: Any, where: str) -> str | None:
+    """None when ``value`` fits ``spec``, else what is wrong, naming the key (``optimizers[0].class``)."""
+    if isinstance(spec, tuple):
+        if any(_mismatch(value, choice, where) is None for choice in spec):
+            return None
+        return f"{where or 'the file'} must be {_spec_name(spec)} (got {_type_name(value)})"
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{where or 'the file'} must be {_spec_name(spec)} (got {_type_name(value)})"
+        problems = (_mismatch(item, spec[0], f"{where}[{i}]") for i, item in enumerate(value))
+        return next((p for p in problems if p is not None), None)
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the file'} must be {_spec_name(spec)} (got {_type_name(value)})"
+        for key, sub in spec.items():
+            name = f"{where}.{key}" if where else key
+            required = isinstance(sub, _Required)
+            if key not in value:
+                if required:
+                    return f"{name} is missing"
+                continue
+            problem = _mismatch(value[key], sub.spec if required else sub, name)
+            if problem is not None:
+                return problem
+        return None
+    if _fits(value, spec):
+        return None
+    return f"{where} must be {_spec_name(spec)} (got {_type_name(value)})"
+
+
+def _fits(value: Any, spec: Any) -> bool:
+    if spec is None:
+        return value is None
+    if spec is int:  # JSON true/false are not counts
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, spec)
+
+
+def _spec_name(spec: Any) -> str:
+    if isinstance(spec, tuple):
+        return " or ".join(_spec_name(s) for s in spec)
+    if isinstance(spec, list):
+        return f"a list of {_spec_name(spec[0]).removeprefix('a ').removeprefix('an ')}s"
+    if isinstance(spec, dict):
+        return "an object"
+    return _JSON_NAMES[spec]
+
+
+_JSON_NAMES = {None: "null", str: "a string", int: "an integer", bool: "true or false", dict: "an object"}
+
+
+def _type_name(value: Any) -> str:
+    """How JSON names the type of ``value``, with the value itself when it is short."""
+    if value is None:
+        return "null"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    name = names.get(type(value), type(value).__name__)
+    text = json.dumps(value) if isinstance(value, (bool, int, float, str)) else ""
+    return f"{name} {text}" if text and len(text) <= 40 else name
 
 
 def _check_version(version: Any, where: Path) -> None:
     try:
         version = int(version)
-    except (TypeError, ValueError):
-        raise TraceFormatError(f"{str(where)!r} has an unreadable schema version {version!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise TraceFormatError(f"{_quoted(where)} has an unreadable schema version {version!r}") from None
     if version > SCHEMA_VERSION:
         raise TraceFormatError(
-            f"{str(where)!r} was written with trace schema v{version}, newer than this tracer "
+            f"{_quoted(where)} was written with trace schema v{version}, newer than this tracer "
             f"reads (v{SCHEMA_VERSION}); upgrade: pip install -U torch-tracer"
         )
 
@@ -66,41 +195,50 @@ def check_trace_dir(path: Path, errors: str = "raise") -> list[Path]:
     if errors not in ("raise", "skip"):
         raise ValueError(f"errors must be 'raise' or 'skip' (got {errors!r})")
     if not path.exists():
-        raise TraceFormatError(f"no trace at {str(path)!r}: the path does not exist")
+        raise TraceFormatError(f"no trace at {_quoted(path)}: the path does not exist")
     if not path.is_dir():
-        raise TraceFormatError(f"{str(path)!r} is not a trace: a trace is a directory")
+        raise TraceFormatError(f"{_quoted(path)} is not a trace: a trace is a directory")
     read_meta(path)
     files = data_files(path)
     if not (path / META_FILE).is_file() and not files:
-        raise TraceFormatError(
-            f"{str(path)!r} is not a trace: it has neither {META_FILE} nor data files"
-        )
+        raise TraceFormatError(f"{_quoted(path)} is not a trace: it has neither {META_FILE} nor data files")
     good = []
     for file in files:
         try:
             _check_file(file)
         except TraceFormatError as exc:
-            if errors == "raise":
-                raise
-            warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=4)
+            _skip_or_raise(exc, errors)
             continue
         good.append(file)
     return good
 
 
+def _skip_or_raise(exc: TraceFormatError, errors: str) -> None:
+    if errors == "raise":
+        raise exc
+    warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=5)
+
+
 def _check_file(file: Path) -> None:
+    try:
+        str(file).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TraceFormatError(
+            f"trace file {_quoted(file)} has a name that is not valid UTF-8, which the Parquet "
+            "reader cannot open; rename it (or the directory it is in)"
+        ) from None
     try:
         schema = pq.read_schema(file)
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # a corrupt footer: names not UTF-8
-        raise TraceFormatError(f"corrupt trace file {str(file)!r}: {exc}") from None
+        raise TraceFormatError(f"corrupt trace file {_quoted(file)}: {exc}") from None
     meta = schema.metadata or {}
     version = meta.get(b"tracer.schema_version")
     if version is None:
-        raise TraceFormatError(f"{str(file)!r} is not a tracer data file (no schema version)")
+        raise TraceFormatError(f"{_quoted(file)} is not a tracer data file (no schema version)")
     _check_version(version.decode("utf-8", errors="replace"), file)
     missing = [f.name for f in SCHEMA if f.name not in schema.names]
     if missing:
-        raise TraceFormatError(f"{str(file)!r} lacks trace columns {missing}")
+        raise TraceFormatError(f"{_quoted(file)} lacks trace columns {missing}")
 
 
 def _isin(field: str, value: Any) -> pc.Expression:
@@ -126,6 +264,14 @@ def _has_glob(names: Iterable[str]) -> bool:
     return any(ch in n for n in names for ch in "*?[")
 
 
+class Read(NamedTuple):
+    """What :func:`read_trace` read: the rows as stored, and how to hand them out."""
+
+    table: pa.Table
+    order: np.ndarray | None  # the permutation that puts the rows in training order; None: they are
+    complex_rows: np.ndarray | None  # which rows' values interleave real and imaginary parts; None: none
+
+
 def read_trace(
     path: Path,
     *,
@@ -134,13 +280,15 @@ def read_trace(
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
     errors: str = "raise",
-) -> tuple[pa.Table, np.ndarray | None]:
-    """Read a trace with filters pushed into the reader, as stored.
+) -> Read:
+    """Read a trace with filters pushed into the reader, as stored, every row checked.
 
-    Returns the table and the permutation that puts its rows in training order (``None``
-    when they already are). Large files group their rows by kind and name (see
-    :meth:`Writer._write`), so the caller reorders; reordering a DataFrame moves pointers,
-    reordering the Arrow table would copy every value.
+    Large files group their rows by kind and name (see :meth:`Writer._write`), so the
+    caller reorders; reordering a DataFrame moves pointers, reordering the Arrow table
+    would copy every value.
+
+    Raises:
+        TraceFormatError: naming the file and what is wrong with it (see :func:`row_problem`).
     """
     files = check_trace_dir(path, errors)
     if columns is not None:
@@ -157,18 +305,205 @@ def read_trace(
     if step is not None:
         expr = expr & _step_filter(step)
     wanted = list(columns) if columns is not None else list(COLUMNS)
-    read = list(dict.fromkeys([*wanted, "step", "rank", "seq", *(["name"] if glob else [])]))
+    read = list(dict.fromkeys([*wanted, "step", "rank", "seq", *(["name"] if glob else []), *_checked_with(wanted)]))
     if not files:
-        return SCHEMA.empty_table().select(wanted), None
-    dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
-    try:
-        table = dataset.to_table(columns=read, filter=expr)
-    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # a corrupt footer: names not UTF-8
-        raise TraceFormatError(f"could not read trace {str(path)!r}: {exc}") from None
+        return Read(SCHEMA.empty_table().select(wanted), None, None)
+    table = _scan(path, files, read, expr)
+    if row_problem(table) is not None:  # find the file it is in (and skip it, if asked)
+        table = _scan_each(path, files, read, expr, errors)
     if glob:
         keep = [any(fnmatch.fnmatchcase(n, p) for p in names) for n in table["name"].to_pylist()]
         table = table.filter(pa.array(keep, type=pa.bool_()))
-    return table.select(wanted), _training_order(table)
+    return Read(table.select(wanted), _training_order(table), _complex_rows(table) if "values" in wanted else None)
+
+
+def _complex_rows(table: pa.Table) -> np.ndarray | None:
+    rows = pc.starts_with(table["dtype"], _COMPLEX).to_numpy(zero_copy_only=False)
+    return rows if rows.any() else None
+
+
+def _scan(path: Path, files: list[Path], columns: list[str], expr: pc.Expression) -> pa.Table:
+    dataset = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet")
+    try:
+        return dataset.to_table(columns=columns, filter=expr)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:  # a corrupt footer: names not UTF-8
+        raise TraceFormatError(f"could not read trace {_quoted(path)}: {exc}") from None
+
+
+def _scan_each(path: Path, files: list[Path], columns: list[str], expr: pc.Expression, errors: str) -> pa.Table:
+    """The rows of the files whose rows are valid; a bad row raises (or skips its file), naming the file."""
+    tables = []
+    for file in files:
+        table = _scan(path, [file], columns, expr)
+        problem = row_problem(table)
+        if problem is None:
+            tables.append(table)
+            continue
+        _skip_or_raise(TraceFormatError(f"corrupt trace file {_quoted(file)}: {problem}"), errors)
+    return pa.concat_tables(tables) if tables else SCHEMA.empty_table().select(columns)
+
+
+# --------------------------------------------------------------------------- rows
+
+_EXACT_LIMIT = 2**53
+"""Counts and indices a trace holds (steps, calls, ranks, sizes) are below this: beyond it
+they are not exact as float64, which pandas, JSON readers and plots turn them into."""
+
+_COUNTS = ("step", "seq", "call", "rank", "numel", "param_group")
+_REQUIRED = tuple(f.name for f in SCHEMA if not f.nullable)
+
+
+def _checked_with(columns: Sequence[str]) -> list[str]:
+    """Columns that must be read with ``columns`` to check them (a shape against numel, ...)."""
+    return ["numel", "dtype"] if {"shape", "values"} & set(columns) else []
+
+
+_COMPLEX = "complex"
+"""The prefix of the dtypes whose ``values`` interleave real and imaginary parts."""
+
+
+def is_complex(dtype: str) -> bool:
+    """True for the dtypes whose ``values`` interleave real and imaginary parts (``complex64``, ...)."""
+    return dtype.startswith(_COMPLEX)
+
+
+def row_problem(table: pa.Table) -> str | None:
+    """What is wrong with the first bad row of ``table`` (a part of a trace), or None.
+
+    Checked: Arrow's own checks (text is UTF-8, ...), no nulls where the schema has none,
+    counts in range, each shape holding
+    ``numel`` elements, each ``values`` holding ``numel`` numbers (twice that for complex
+    dtypes), and each ``hparams`` being a JSON object.
+    """
+    for check in (_structure_problem, _null_problem, _count_problem, _shape_problem, _values_problem, _hparams_problem):
+        problem = check(table)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _structure_problem(table: pa.Table) -> str | None:
+    """Arrow's own full check: offsets in bounds, text valid UTF-8 (a flipped byte in a page)."""
+    for name in table.column_names:
+        try:
+            table[name].validate(full=True)
+        except pa.ArrowException as exc:
+            return f"column {name!r} is damaged: {exc}"
+    return None
+
+
+def _null_problem(table: pa.Table) -> str | None:
+    for name in _REQUIRED:
+        if name in table.column_names and table[name].null_count:
+            row = _first(table[name].is_null())
+            return f"{_row(table, row)}: {name} is null"
+    return None
+
+
+def _count_problem(table: pa.Table) -> str | None:
+    for name in _COUNTS:
+        if name not in table.column_names:
+            continue
+        values = table[name].to_numpy()
+        present = ~np.isnan(values) if values.dtype.kind == "f" else np.ones(values.size, dtype=bool)
+        bad = np.flatnonzero(present & ((values < 0) | (values >= _EXACT_LIMIT)))
+        if bad.size:
+            row = int(bad[0])
+            return f"{_row(table, row)}: {name} is {int(values[row])}, not a count from 0 to 2**53"
+    return None
+
+
+def _shape_problem(table: pa.Table) -> str | None:
+    if "shape" not in table.column_names:
+        return None
+    shape = table["shape"]
+    dims = pc.list_flatten(shape)
+    if dims.null_count:
+        return "a shape holds a null dimension"
+    sizes = dims.to_numpy()
+    bad = np.flatnonzero(_segment_any(shape, (sizes < 0) | (sizes >= _EXACT_LIMIT)))
+    if bad.size:
+        row = int(bad[0])
+        return f"{_row(table, row)}: shape {shape[row].as_py()} has a negative or huge dimension"
+    if "numel" not in table.column_names:
+        return None
+    numel = table["numel"].to_numpy()
+    bad = np.flatnonzero(_segment_products(shape, sizes) != numel)
+    if bad.size:
+        row = int(bad[0])
+        return f"{_row(table, row)}: shape {shape[row].as_py()} does not hold numel = {int(numel[row])} elements"
+    return None
+
+
+def _segment_lengths(lists: pa.ChunkedArray) -> np.ndarray:
+    """The length of each list (0 for a null one)."""
+    return pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+
+
+def _segment_any(lists: pa.ChunkedArray, flags: np.ndarray) -> np.ndarray:
+    """Per list: whether any of its items is flagged (``flags`` runs over the flattened items)."""
+    lengths = _segment_lengths(lists)
+    ends = np.cumsum(lengths)
+    counts = np.concatenate([[0], np.cumsum(flags)])
+    return (counts[ends] - counts[ends - lengths]) > 0
+
+
+def _segment_products(lists: pa.ChunkedArray, flat: np.ndarray) -> np.ndarray:
+    """The product of each list's numbers (1 for an empty list), in float64."""
+    lengths = _segment_lengths(lists)
+    out = np.ones(len(lengths), dtype=np.float64)
+    filled = lengths > 0
+    if filled.any():
+        starts = (np.cumsum(lengths) - lengths)[filled]
+        out[filled] = np.multiply.reduceat(flat.astype(np.float64), starts)
+    return out
+
+
+def _values_problem(table: pa.Table) -> str | None:
+    if "values" not in table.column_names:
+        return None
+    values = table["values"]
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.any():
+        return None
+    lengths = _segment_lengths(values)
+    numel = table["numel"].to_numpy()
+    dtypes = table["dtype"]
+    complex_rows = pc.starts_with(dtypes, _COMPLEX).to_numpy(zero_copy_only=False)
+    expected = numel * np.where(complex_rows, 2, 1)
+    bad = np.flatnonzero(valid & (lengths != expected))
+    if bad.size:
+        row = int(bad[0])
+        what = f"2 x numel = {int(expected[row])}" if complex_rows[row] else f"numel = {int(numel[row])}"
+        return f"{_row(table, row)}: it stores {int(lengths[row])} values, not {what} ({dtypes[row].as_py()})"
+    return None
+
+
+def _hparams_problem(table: pa.Table) -> str | None:
+    if "hparams" not in table.column_names:
+        return None
+    for text in pc.unique(table["hparams"].drop_null()).to_pylist():
+        try:
+            parse_hparams(text, "hparams")
+        except TraceFormatError as exc:
+            row = _first(pc.equal(table["hparams"], text))
+            return f"{_row(table, row)}: {exc}"
+    return None
+
+
+def _first(mask: pa.ChunkedArray | pa.Array) -> int:
+    return int(np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))[0])
+
+
+def _row(table: pa.Table, row: int) -> str:
+    """``the grad row of 'weight' at step 0 (seq 4)``: a row, by what of it was read and is not null."""
+    cell = {c: table[c][row].as_py() for c in ("step", "seq", "kind", "name") if c in table.column_names}
+    text = "the " + (f"{cell['kind']} " if cell.get("kind") is not None else "") + "row"
+    if cell.get("name") is not None:
+        text += f" of {cell['name']!r}"
+    if cell.get("step") is not None:
+        text += f" at step {cell['step']}"
+    return text + (f" (seq {cell['seq']})" if cell.get("seq") is not None else "")
 
 
 def _training_order(table: pa.Table) -> np.ndarray | None:

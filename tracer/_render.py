@@ -1,7 +1,10 @@
 """A tiny document model (headings, paragraphs, lists, tables, rules) and its renderers.
 
 The report builds blocks once; text, Markdown, HTML and LaTeX are renderings of the same
-blocks, so they never disagree. HTML escapes every piece of text it did not write itself.
+blocks, so they never disagree. Every text in a block is plain text (names from a trace
+included): each renderer escapes all of it with its one helper — :func:`escape_text`,
+:func:`escape_markdown`, ``html.escape``, :func:`escape_latex` — so a name such as
+``"a|b<c>"`` or one holding a newline cannot change the layout.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import re
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Heading:
 @dataclasses.dataclass(frozen=True)
 class Para:
     text: str
+    lead: str = ""  # a bold lead-in ("Updates."), written before the text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +63,47 @@ class Section:
     level: int = 2
 
 
-Block = Union[Heading, Para, Items, Table, Formula, Raw, Section]
+Block = Heading | Para | Items | Table | Formula | Raw | Section
+
+
+def escape_text(text: str) -> str:
+    """``text`` safe to print in a line of plain text: characters that are not printable
+    (newlines, tabs, terminal escapes, lone surrogates of undecodable file names) become
+    Python escapes (``\\n``, ``\\x1b``, ``\\udcff``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+# backslash-escaped wherever they stand: they open code, emphasis, HTML, tables, math, ...
+_MD_INLINE = re.compile(r"[\\`*<|~$&#]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=\()")
+# escaped at the start of a line: they open headings, quotes, lists, link definitions
+_MD_LINE_START = re.compile(r"^(\s*)([>+=\[-]|\d+[.)])")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` as Markdown (CommonMark and GitHub's) that shows exactly ``text``, on one line:
+    inside a line or a table cell; :func:`_md_line` for text that starts a line."""
+    return _MD_INLINE.sub(lambda m: "\\" + m.group(0), escape_text(text))
+
+
+def _md_line(text: str) -> str:
+    """:func:`escape_markdown`, for text that starts a line (where ``1.``, ``-`` or ``>`` open blocks)."""
+    out = escape_markdown(text.strip())
+    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], out)
+
+
+def _md_code(text: str) -> str:
+    """``text`` as a Markdown code span: fenced by more backticks than it holds in a row."""
+    text = escape_text(text)
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == " " and text[-1:] == " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text``."""
+    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
 
 
 def to_text(blocks: Sequence[Block]) -> str:
@@ -69,28 +113,29 @@ def to_text(blocks: Sequence[Block]) -> str:
             out += ["", to_text([Heading(b.level, b.title), *b.blocks]).rstrip("\n")]
         elif isinstance(b, Raw):
             if b.text:
-                out += ["", b.text]
+                out += ["", escape_text(b.text)]
         elif isinstance(b, Heading):
-            out += ["", b.text, ("=" if b.level == 1 else "-") * min(len(b.text), 80)]
+            title = escape_text(b.text)
+            out += ["", title, ("=" if b.level == 1 else "-") * min(len(title), 80)]
         elif isinstance(b, Para):
-            out += ["", b.text.replace("**", "")]
+            out += ["", escape_text(f"{b.lead} {b.text}" if b.lead else b.text)]
         elif isinstance(b, Items):
-            out += [""] + [f"  {item}" if b.code else f"- {item}" for item in b.items]
+            out += [""] + [f"  {escape_text(item)}" if b.code else f"- {escape_text(item)}" for item in b.items]
         elif isinstance(b, Table):
             out += [""] + _aligned(b)
         elif isinstance(b, Formula):
-            out += [""] + [f"    {line}" for line in b.text.splitlines()]
+            out += [""] + [f"    {escape_text(line)}" for line in b.text.splitlines()]
     return "\n".join(out).strip() + "\n"
 
 
 def _aligned(t: Table) -> list[str]:
-    widths = [max(len(r[i]) for r in (t.header, *t.rows)) for i in range(len(t.header))]
-    fmt = lambda row: "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
-    return [fmt(t.header), "  " + "-+-".join("-" * w for w in widths), *map(fmt, t.rows)]
+    rows = [tuple(map(escape_text, r)) for r in (t.header, *t.rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(t.header))]
 
+    def line(row: tuple[str, ...]) -> str:
+        return "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths))
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return [line(rows[0]), "  " + "-+-".join("-" * w for w in widths), *map(line, rows[1:])]
 
 
 def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
@@ -100,20 +145,23 @@ def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
             out += [to_markdown([Heading(b.level, b.title), *b.blocks], math=math)]
         elif isinstance(b, Raw):
             if b.text:
-                out += [b.text, ""]
+                out += [_md_line(b.text), ""]
         elif isinstance(b, Heading):
-            out += ["#" * b.level + " " + b.text.replace("\n", " "), ""]
+            out += ["#" * b.level + " " + escape_markdown(b.text.strip()), ""]
         elif isinstance(b, Para):
-            out += [b.text, ""]
+            text = f"**{escape_markdown(b.lead)}** {escape_markdown(b.text.strip())}" if b.lead else _md_line(b.text)
+            out += [text, ""]
         elif isinstance(b, Items):
-            out += [f"- `{i}`" if b.code else f"- {i}" for i in b.items] + [""]
+            out += [f"- {_md_code(i)}" if b.code else f"- {_md_line(i)}" for i in b.items] + [""]
         elif isinstance(b, Table):
-            out.append("| " + " | ".join(map(_md_cell, b.header)) + " |")
+            out.append("| " + " | ".join(map(escape_markdown, b.header)) + " |")
             out.append("|" + "---|" * len(b.header))
-            out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in b.rows]
+            out += ["| " + " | ".join(map(escape_markdown, r)) + " |" for r in b.rows]
             out.append("")
         elif isinstance(b, Formula):
-            out += ["```text", b.text, "```", ""]
+            text = "\n".join(escape_text(line) for line in b.text.splitlines())
+            fence = _md_fence(text)
+            out += [fence + "text", text, fence, ""]
             if math:
                 out += ["$$", b.latex, "$$", ""]
     return "\n".join(out).strip() + "\n"
@@ -135,7 +183,6 @@ details.section>summary{color:inherit;font-size:1em}details.section>summary>h2{d
 
 def _esc(text: str) -> str:
     out = html.escape(text, quote=True)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
     return out.replace("✓", '<span class="ok">✓</span>').replace("✗", '<span class="bad">✗</span>')
 
 
@@ -154,7 +201,8 @@ def to_html_body(blocks: Sequence[Block]) -> str:
         elif isinstance(b, Heading):
             out.append(f"<h{b.level}>{_esc(b.text)}</h{b.level}>")
         elif isinstance(b, Para):
-            out.append(f"<p>{_esc(b.text)}</p>")
+            lead = f"<strong>{_esc(b.lead)}</strong> " if b.lead else ""
+            out.append(f"<p>{lead}{_esc(b.text)}</p>")
         elif isinstance(b, Items):
             cls = ' class="arith"' if b.code else ""
             items = "".join(f"<li>{'<code>' + _esc(i) + '</code>' if b.code else _esc(i)}</li>" for i in b.items)
@@ -203,8 +251,12 @@ def to_html(blocks: Sequence[Block], title: str) -> str:
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
 
 
-def _tex(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in text)
+def escape_latex(text: str) -> str:
+    """``text`` as LaTeX text that prints exactly ``text``."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in escape_text(text))
+
+
+_tex = escape_latex
 
 
 def to_latex(blocks: Sequence[Block]) -> str:
@@ -220,7 +272,8 @@ def to_latex(blocks: Sequence[Block]) -> str:
             cmd = {1: "section*", 2: "subsection*"}.get(b.level, "subsubsection*")
             out.append(f"\\{cmd}{{{_tex(b.text)}}}")
         elif isinstance(b, Para):
-            out.append(re.sub(r"\\\*\\\*|\*\*", "", _tex(b.text)) + "\n")
+            lead = f"\\textbf{{{_tex(b.lead)}}} " if b.lead else ""
+            out.append(lead + _tex(b.text) + "\n")
         elif isinstance(b, Items):
             wrap = (lambda s: f"\\texttt{{{_tex(s)}}}") if b.code else _tex
             out.append("\\begin{itemize}\n" + "".join(f"  \\item {wrap(i)}\n" for i in b.items) + "\\end{itemize}")

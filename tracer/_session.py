@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fnmatch
 import os
 import platform
 import sys
+import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import torch
 
-from tracer import _hooks
+from tracer import _destination, _hooks
 from tracer._errors import TraceWriteError
 from tracer._schema import KINDS, META_FILE, SCHEMA_VERSION
+from tracer._signals import SigtermGuard
 from tracer._store import Writer, check_destination, prepare_directory, write_json_atomic
 
 if TYPE_CHECKING:
@@ -59,7 +62,8 @@ def trace(
 
     Args:
         model: the ``nn.Module`` to hook (a DDP- or ``torch.compile``-wrapped one too).
-        optimizer: an optimizer, a list of them, or None to trace forward/backward only.
+        optimizer: an optimizer, a list of them, or None to trace forward/backward only
+            (an optimizer that steps the model's parameters in the block is adopted).
         path: the trace directory (default ``traces/<ModelClass>-<UTC time>``).
         capture: the kinds of rows to record, a subset of ``tracer.ALL``.
         max_values: tensors with at most this many elements keep their values;
@@ -67,8 +71,8 @@ def trace(
         every: trace steps 0, every, 2·every, ...
         include: glob pattern(s) on module/parameter names to trace (default: all).
         exclude: glob pattern(s) on module/parameter names not to trace.
-        overwrite: replace a trace already at ``path`` (files that are not a trace's are kept).
-        flush_seconds: the longest time rows wait in memory before they are on disk.
+        overwrite: replace a trace already at ``path`` (only files tracer wrote are deleted).
+        flush_seconds: the longest time a row waits in memory before it is readable on disk.
         on_error: when the trace cannot be written (disk full, directory removed):
             ``"raise"`` a ``TraceWriteError`` at the next step boundary, or ``"warn"`` once
             and stop tracing while training goes on.
@@ -81,6 +85,38 @@ def trace(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (got {_describe(model)})")
     optimizers = _check_optimizers(optimizer)
+    options = check_options(
+        path=path, capture=capture, max_values=max_values, every=every, include=include,
+        exclude=exclude, overwrite=overwrite, flush_seconds=flush_seconds, on_error=on_error,
+    )  # fmt: skip
+    root = unwrap(model)
+    _refuse_sharded(root)
+    run = Run(root, optimizers, **options)
+    try:
+        run._check_path()
+    except BaseException:
+        run._state = "failed"  # refused before the block: no "never entered" warning
+        raise
+    return run
+
+
+def check_options(
+    *,
+    path: Any = None,
+    capture: Any = ALL,
+    max_values: Any = DEFAULT_MAX_VALUES,
+    every: Any = 1,
+    include: Any = None,
+    exclude: Any = None,
+    overwrite: Any = False,
+    flush_seconds: Any = 1.0,
+    on_error: Any = "raise",
+) -> dict[str, Any]:
+    """``tracer.trace``'s keyword arguments checked, as ``Run`` takes them (no model needed).
+
+    >>> check_options(capture="grad", every=2)["kinds"]
+    frozenset({'grad'})
+    """
     kinds = _check_capture(capture)
     if max_values is not None and (not _is_int(max_values) or max_values < 0):
         raise ValueError(f"max_values must be an int >= 0 or None (got {max_values!r})")
@@ -94,27 +130,13 @@ def trace(
         raise ValueError(f"flush_seconds must be a number > 0 (got {flush_seconds!r})")
     if on_error not in ("raise", "warn"):
         raise ValueError(f"on_error must be 'raise' or 'warn' (got {on_error!r})")
-    root = unwrap(model)
-    _refuse_sharded(root)
-    if path is None:
-        path = _default_path(root)
-    elif not isinstance(path, (str, os.PathLike)):
+    if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike (got {_describe(path)})")
-    run = Run(
-        root,
-        optimizers,
-        path=Path(path),
-        kinds=kinds,
-        max_values=max_values,
-        every=every,
-        include=include_patterns,
-        exclude=exclude_patterns,
-        overwrite=overwrite,
-        flush_seconds=float(flush_seconds),
-        on_error=on_error,
-    )
-    run._check_path()
-    return run
+    return dict(
+        path=None if path is None else Path(path), kinds=kinds, max_values=max_values, every=every,
+        include=include_patterns, exclude=exclude_patterns, overwrite=overwrite,
+        flush_seconds=float(flush_seconds), on_error=on_error,
+    )  # fmt: skip
 
 
 class Run:
@@ -122,7 +144,7 @@ class Run:
 
     Attributes:
         path: the trace directory.
-        step: the current step (completed ``optimizer.step()`` calls since the block started).
+        step: the current step (see README, "Steps").
     """
 
     def __init__(
@@ -130,7 +152,7 @@ class Run:
         model: torch.nn.Module,
         optimizers: list[torch.optim.Optimizer],
         *,
-        path: Path,
+        path: Path | None,
         kinds: frozenset[str],
         max_values: int | None,
         every: int,
@@ -140,6 +162,9 @@ class Run:
         flush_seconds: float,
         on_error: str = "raise",
     ) -> None:
+        self._rank = _destination.rank()
+        if path is None:  # every rank traces into the directory rank 0 names
+            path = Path(_destination.on_rank_zero("name", None, lambda: str(_default_path(model))))
         self.path = path
         self._on_error = on_error
         self._model = model
@@ -151,70 +176,145 @@ class Run:
         self._exclude = exclude
         self._overwrite = overwrite
         self._flush_seconds = flush_seconds
-        self._rank = _rank()
-        self._handles: list[Any] = []
         self._recorder: _hooks.Recorder | None = None
         self._writer: Writer | None = None
         self._state = "new"
         self._final_step = 0
+        self._sigterm = SigtermGuard(self._finalize_on_signal)
 
     def __repr__(self) -> str:
         return f"<tracer.Run {str(self.path)!r} step={self.step} {self._state}>"
 
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) == "new":
+            warnings.warn(
+                f"tracer.trace(..., path={str(self.path)!r}) was never entered, so nothing was "
+                "recorded: use it as `with tracer.trace(model, optimizer) as run:`",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     @property
     def step(self) -> int:
-        """The current step: completed steps of the lead optimizer since the block started."""
-        return self._recorder.step if self._recorder is not None else self._final_step
+        """The current step (see README, "Steps")."""
+        return self._recorder.current_step() if self._recorder is not None else self._final_step
 
     # -- context manager ---------------------------------------------------------
     def __enter__(self) -> "Run":
         if self._state != "new":
             raise RuntimeError("a tracer.Run can be entered only once; call tracer.trace() again")
         if self._model in _traced_modules:
+            self._state = "failed"
             raise RuntimeError(
                 f"this {type(self._model).__name__} is already being traced; "
                 "nested traces of one model are not supported: end the outer trace first"
             )
-        prepare_directory(self.path, overwrite=self._overwrite, rank=self._rank)
-        if self._rank == 0:
-            write_json_atomic(self.path / META_FILE, self._meta(complete=False))
-        self._writer = Writer(self.path, rank=self._rank, flush_seconds=self._flush_seconds)
-        self._recorder = _hooks.Recorder(
-            self._writer,
-            kinds=self._kinds,
-            max_values=self._max_values,
-            every=self._every,
-            params=self._param_infos(),
-            optimizers=self._optimizers,
-            on_error=self._on_error,
-        )
-        _traced_modules.add(self._model)
-        self._state = "running"
+        self._state = "entering"
         try:
+            _destination.on_rank_zero("prepare", self.path, self._prepare)
+        except OSError as exc:
+            if isinstance(exc, (FileExistsError, NotADirectoryError)) or self._on_error == "raise":
+                self._state = "failed"
+                raise _write_error(self.path, exc) if not isinstance(exc, FileExistsError) else exc
+            self._state = "failed"
+            warnings.warn(
+                f"tracer could not start a trace in {str(self.path)!r} ({exc}); training goes on untraced",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self
+        self._writer = Writer(self.path, rank=self._rank, flush_seconds=self._flush_seconds)
+        try:
+            self._recorder = _hooks.Recorder(
+                self._writer,
+                kinds=self._kinds,
+                max_values=self._max_values,
+                every=self._every,
+                params=self._param_infos(),
+                modules=self._module_infos(),
+                optimizers=self._optimizers,
+                select=self._selected,
+                on_error=self._on_error,
+            )
+            _traced_modules.add(self._model)
+            self._state = "running"
             self._install()
+            self._sigterm.install()
         except BaseException:
             self._uninstall()
+            self._writer.close()
+            self._recorder = None
+            self._state = "failed"
             raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self._state != "running" or self._recorder is None or self._writer is None:
-            return  # not entered (or already left): nothing to undo
+            return  # not entered, failed to start, or already left: nothing to undo
+        recorder, writer = self._recorder, self._writer
+        self._sigterm.restore()
         try:
-            self._uninstall()
+            recorder.finish()
         finally:
-            self._final_step = self._recorder.step
-            self._writer.close()
-            self._recorder = None
-            self._state = "finished"
-        error = self._writer.error
+            try:
+                self._uninstall()
+            finally:
+                self._final_step = recorder.step
+                writer.close()
+                self._recorder = None
+                self._state = "finished"
+        error = writer.error
         if self._rank == 0 and error is None:
             try:
-                write_json_atomic(self.path / META_FILE, self._meta(complete=True))
+                write_json_atomic(self.path / META_FILE, self._meta(complete=True, recorder=recorder))
             except OSError as exc:
                 error = exc
         if error is not None and exc_type is None and self._on_error == "raise":
-            raise TraceWriteError(f"tracer could not write to {str(self.path)!r}: {error}") from error
+            raise _write_error(self.path, error) from error
+        said = recorder.stopped or (exc_type is not None and issubclass(exc_type, TraceWriteError))
+        if error is not None and not said:  # (stopped or raised: the user was told already)
+            lost = "" if exc_type is None else f" (while {exc_type.__name__} propagated)"
+            _hooks._warn(
+                f"tracer could not finish the trace in {str(self.path)!r}{lost}: {error}; rows after "
+                "the failure were not written",
+                stacklevel=3,
+            )
+        elif exc_type is None:
+            self._warn_if_surprising(recorder)
+
+    # -- while the block runs ------------------------------------------------------
+    def pause(self) -> None:
+        """Record nothing until :meth:`resume`; steps still count."""
+        if self._recorder is not None:
+            self._recorder.paused = True
+
+    def resume(self) -> None:
+        """Record again after :meth:`pause`."""
+        if self._recorder is not None:
+            self._recorder.paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """``with run.paused(): ...`` records nothing in the block (steps still count)."""
+        was = self._recorder.paused if self._recorder is not None else False
+        self.pause()
+        try:
+            yield
+        finally:
+            if not was:
+                self.resume()
+
+    def watch(self, optimizer: torch.optim.Optimizer) -> None:
+        """Trace ``optimizer`` too, from its next ``step()``: one made after the block started.
+
+        An optimizer that steps the model's parameters is adopted on its own; ``watch`` is
+        for one that holds none of them (or to name it before its first step).
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"watch() takes a torch.optim.Optimizer (got {_describe(optimizer)})")
+        if self._recorder is None:
+            raise RuntimeError("run.watch() works inside the `with tracer.trace(...)` block")
+        self._recorder.watch(optimizer, adopted=False)
 
     # -- reading -----------------------------------------------------------------
     def flush(self) -> None:
@@ -238,7 +338,27 @@ class Run:
 
     # -- internals ---------------------------------------------------------------
     def _check_path(self) -> None:
-        check_destination(self.path, overwrite=self._overwrite)
+        def check() -> str:
+            check_destination(self.path, overwrite=self._overwrite)
+            return ""
+
+        _destination.on_rank_zero("check", self.path, check)
+
+    def _prepare(self) -> str:
+        """Rank 0's work at ``__enter__``: the directory made ready, the metadata written."""
+        prepare_directory(self.path, overwrite=self._overwrite)
+        write_json_atomic(self.path / META_FILE, self._meta(complete=False, recorder=None))
+        return ""
+
+    def _finalize_on_signal(self) -> None:
+        """SIGTERM: stop recording, write what is buffered and the metadata (complete)."""
+        recorder, writer = self._recorder, self._writer
+        if self._state != "running" or recorder is None or writer is None:
+            return
+        recorder.stopped = True
+        writer.flush()
+        if self._rank == 0 and writer.error is None:
+            write_json_atomic(self.path / META_FILE, self._meta(complete=True, recorder=recorder))
 
     def _selected(self, name: str) -> bool:
         if self._include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
@@ -259,39 +379,51 @@ class Run:
                         infos[p] = _hooks.ParamInfo(name, "", self._selected(name))
         return infos
 
-    def _install(self) -> None:
-        recorder = self._recorder
-        assert recorder is not None
+    def _module_infos(self) -> dict[torch.nn.Module, _hooks.ModuleInfo]:
+        infos: dict[torch.nn.Module, _hooks.ModuleInfo] = {}
         for name, module in self._model.named_modules():
             is_root = module is self._model
             selected = self._selected(name)
-            if not (selected or is_root):
-                continue
-            pre, post = recorder.module_hooks(
-                name, type(module).__name__, selected=selected, is_root=is_root
-            )
-            self._handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
-        for opt in self._optimizers:
-            pre, post = recorder.optimizer_hooks(opt)
-            self._handles.append(opt.register_step_pre_hook(pre))
-            self._handles.append(opt.register_step_post_hook(post))
-        _hooks.activate(recorder)
+            if selected or is_root:
+                infos[module] = _hooks.ModuleInfo(name, type(module).__name__, selected=selected, is_root=is_root)
+        return infos
+
+    def _install(self) -> None:
+        assert self._recorder is not None
+        self._recorder.install()
 
     def _uninstall(self) -> None:
         recorder = self._recorder
         try:
-            for handle in self._handles:
-                handle.remove()
             if recorder is not None:
-                for handle in recorder.tensor_handles:
-                    handle.remove()
-                recorder.tensor_handles = []
+                recorder.uninstall()
         finally:
-            self._handles = []
-            if recorder is not None:
-                _hooks.deactivate(recorder)
             _traced_modules.discard(self._model)
+
+    def _warn_if_surprising(self, recorder: _hooks.Recorder) -> None:
+        """A trace that probably is not what was meant says so when the block ends."""
+        if "grad" not in self._kinds or recorder.grad_rows or recorder.stopped or self._every > recorder.step + 1:
+            return
+        if recorder.backward_passes == 0 and recorder.step == 0:
+            return  # nothing trained
+        if recorder.backward_passes == 0 and not self._optimizers:
+            return  # forward passes only: no gradients were meant
+        own = {id(p) for p in self._model.parameters()}
+        if self._optimizers and not any(
+            id(p) in own for o in self._optimizers for g in o.param_groups for p in g["params"]
+        ):
+            why = "the optimizer holds none of the model's parameters"
+        elif self._include is not None or self._exclude:
+            why = "include/exclude selected no parameter that received a gradient"
+        else:
+            why = "no parameter of the model received a gradient"
+        warnings.warn(
+            f"tracer recorded no gradient rows in {str(self.path)!r}: {why}. Pass the optimizer "
+            "that trains this model (tracer.trace(model, optimizer)), or check that the loss "
+            "depends on the model's parameters",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _parameters_meta(self) -> list[dict[str, Any]]:
         """Every parameter, traced or not: frozen ones have no rows, but are listed here."""
@@ -311,9 +443,11 @@ class Run:
             )
         return out
 
-    def _meta(self, *, complete: bool) -> dict[str, Any]:
+    def _meta(self, *, complete: bool, recorder: _hooks.Recorder | None) -> dict[str, Any]:
         from tracer import __version__
 
+        adopted = recorder.adopted if recorder is not None else [False] * len(self._optimizers)
+        files = self._writer.files if self._writer is not None and complete else []
         return {
             "format": "tracer",
             "schema_version": SCHEMA_VERSION,
@@ -324,8 +458,9 @@ class Run:
             "complete": complete,
             "steps": self.step if complete else None,
             "model": type(self._model).__name__,
-            "optimizers": [_optimizer_meta(o) for o in self._optimizers],
+            "optimizers": [dict(_optimizer_meta(o), adopted=a) for o, a in zip(self._optimizers, adopted)],
             "parameters": self._parameters_meta(),
+            "files": list(files),
             "options": {
                 "capture": sorted(self._kinds),
                 "max_values": self._max_values,
@@ -334,6 +469,13 @@ class Run:
                 "exclude": self._exclude,
             },
         }
+
+
+def _write_error(path: Path, error: BaseException) -> TraceWriteError:
+    return TraceWriteError(
+        f"tracer could not write to {str(path)!r}: {error}; free space or choose another path "
+        "(on_error='warn' lets training go on untraced)"
+    )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -375,13 +517,6 @@ def _optimizer_meta(opt: torch.optim.Optimizer) -> dict[str, Any]:
         if c.__module__.startswith("torch.optim") and c is not torch.optim.Optimizer
     ]
     return {"class": cls.__name__, "qualname": f"{cls.__module__}.{cls.__qualname__}", "bases": bases}
-
-
-def _rank() -> int:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
 
 
 def _default_path(model: torch.nn.Module) -> Path:

@@ -5,99 +5,226 @@ Layout of a trace directory::
     _tracer.json                               metadata (never ends in .parquet)
     part-<rank>-<session>-<index>.parquet      finished data files, one per flush
     .part-<rank>-<session>-<index>.tmp         a file being written (renamed when complete)
+    ._tracer.json.<8 hex>.tmp                  metadata being written (renamed when complete)
+
+``<rank>`` is 5 digits or more, ``<session>`` 8 hex digits, ``<index>`` 6 digits or more.
+A data file is tracer's own when its name has this form and its footer carries
+``tracer.schema_version`` (or ``_tracer.json`` lists it under ``"files"``); tracer deletes
+no other file, and refuses a directory that holds other Parquet files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from tracer._reader import data_files
 from tracer._schema import COLUMNS, KINDS, META_FILE, SCHEMA, STRING_COLUMNS
 from tracer._tensors import Captured, finish
 
-_PART_GLOB = "part-*.parquet"
 _STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
+_DATA_NAME = re.compile(r"part-\d{5,}-[0-9a-f]{8}-\d{6,}\.parquet")
+_DATA_TMP_NAME = re.compile(r"\.part-\d{5,}-[0-9a-f]{8}-\d{6,}\.tmp")
+_META_TMP_NAME = re.compile(re.escape(f".{META_FILE}.") + r"[0-9a-f]{8}\.tmp")
+_VERSION_KEY = b"tracer.schema_version"  # in every data file's footer (see SCHEMA)
 
 
 # --------------------------------------------------------------------------- directory
 
 
 def is_trace(path: Path) -> bool:
-    """True when ``path`` is a directory that holds a tracer trace."""
-    return path.is_dir() and ((path / META_FILE).is_file() or any(path.glob(_PART_GLOB)))
-
-
-def _holds_a_trace(path: Path) -> FileExistsError:
-    return FileExistsError(
-        f"{str(path)!r} already holds a trace; pass overwrite=True to replace it or choose another path"
-    )
+    """True when ``path`` is a directory that holds a tracer trace (metadata or tracer's data files)."""
+    if not path.is_dir():
+        return False
+    if (path / META_FILE).is_file():
+        return True
+    listed = _listed_files(path)
+    return any(_is_own_data_file(file, listed) for file in path.iterdir())
 
 
 def check_destination(path: Path, *, overwrite: bool) -> None:
-    """Refuse, before anything is written, a path that is a file or already holds a trace."""
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"trace path {str(path)!r} is a file; pass a directory path")
-    if not overwrite and is_trace(path):
-        raise _holds_a_trace(path)
+    """Refuse, before anything is written, a path that cannot take a new trace.
+
+    Raises FileExistsError when ``path`` is a file, holds Parquet files tracer did not
+    write (whatever ``overwrite``: ``tracer.load`` would read them), or holds a trace and
+    ``overwrite`` is False.
+    """
+    _own_files_to_replace(path, overwrite=overwrite)
 
 
-def prepare_directory(path: Path, *, overwrite: bool, rank: int) -> None:
-    """Make ``path`` ready for a new trace, deleting only files a trace wrote, and only if asked."""
-    if path.exists() and not path.is_dir():
-        check_destination(path, overwrite=overwrite)
-    own = f"part-{rank:05d}-*" if rank else "part-*"
-    existing = [*path.glob(own + ".parquet"), *path.glob("." + own + ".tmp")] if path.is_dir() else []
-    if rank == 0 and (path / META_FILE).is_file():
-        existing.append(path / META_FILE)
-    if existing and not overwrite:
-        raise _holds_a_trace(path)
-    if path.is_dir() and not existing and rank == 0:
-        foreign = [p.name for p in path.rglob("*.parquet")]
-        if foreign:
-            raise FileExistsError(
-                f"{str(path)!r} holds Parquet files that are not a trace ({foreign[0]!r}, ...); "
-                "choose an empty or new directory"
-            )
-    for file in existing:  # only what a trace wrote: other files are never touched
+def prepare_directory(path: Path, *, overwrite: bool) -> None:
+    """Make ``path`` ready for a new trace by every rank: refused as by :func:`check_destination`,
+    then (``overwrite``) the old trace's own files of every rank deleted, no other file."""
+    own = _own_files_to_replace(path, overwrite=overwrite)
+    own.sort(key=lambda file: file.name == META_FILE)  # the metadata last: it lists the files
+    for file in own:
         file.unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+def _own_files_to_replace(path: Path, *, overwrite: bool) -> list[Path]:
+    """The files of the trace at ``path`` (every rank's), or FileExistsError (see check_destination)."""
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"trace path {str(path)!r} is a file; pass a directory path")
+    if not path.is_dir():
+        return []
+    listed = _listed_files(path)
+    own = [file for file in path.iterdir() if _is_own_file(file, listed)]
+    own_set = set(own)
+    foreign = [file for file in data_files(path) if file not in own_set]
+    if foreign:
+        raise _holds_foreign_parquet(path, foreign)
+    if own and not overwrite:
+        raise FileExistsError(
+            f"{str(path)!r} already holds a trace; pass overwrite=True to replace it or choose another path"
+        )
+    return own
 
+
+def _holds_foreign_parquet(path: Path, foreign: list[Path]) -> FileExistsError:
+    names = sorted(str(file.relative_to(path)) for file in foreign)
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return FileExistsError(
+        f"{str(path)!r} holds Parquet files that tracer did not write ({shown}); choose an empty "
+        "or new directory (overwrite=True deletes only tracer's own files)"
+    )
+
+
+def _is_own_file(file: Path, listed: set[str]) -> bool:
+    """True for a file tracer wrote into a trace directory (see the module docstring)."""
+    name = file.name
+    if name == META_FILE or _DATA_TMP_NAME.fullmatch(name) or _META_TMP_NAME.fullmatch(name):
+        return file.is_file()
+    return _is_own_data_file(file, listed)
+
+
+def _is_own_data_file(file: Path, listed: set[str]) -> bool:
+    if not _DATA_NAME.fullmatch(file.name) or not file.is_file():
+        return False
+    return file.name in listed or has_tracer_footer(file)
+
+
+def has_tracer_footer(file: Path) -> bool:
+    """Whether ``file`` is a Parquet file whose footer carries tracer's schema version."""
+    try:
+        metadata = pq.read_schema(file).metadata or {}
+    except (OSError, pa.ArrowException, UnicodeDecodeError):
+        return False  # unreadable: only the metadata's list can vouch for it
+    return _VERSION_KEY in metadata
+
+
+def _listed_files(path: Path) -> set[str]:
+    """The data file names ``_tracer.json`` lists under ``"files"`` (none when it cannot be read)."""
+    try:
+        files = json.loads((path / META_FILE).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str)} if isinstance(files, list) else set()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` as JSON in one rename: readers see the old file or the new one.
+
+    On failure (a full disk) the temporary file is removed and the OSError re-raised.
+    """
+    text = json.dumps(data, indent=2, sort_keys=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------- writing
 
 Row = tuple  # (step, seq, kind, name, call, part, module_type, Captured, grad_enabled,
 #             optimizer, param_group, hparams)
+_Queued = tuple  # (Row, nbytes, time.monotonic() when it was put)
+
+
+class FileWritten(NamedTuple):
+    """One finished data file, as told to ``Writer(on_file=...)`` (internal: tests, measurements)."""
+
+    name: str  # as in Writer.files
+    rows: int
+    oldest_put: float  # time.monotonic() when its oldest row was put
+    started: float  # when writing it started
+    renamed: float  # just after it was renamed into place: readable from then on
+
+
+class _WriteTime:
+    """How long writing a file takes, learnt from the files written so far.
+
+    A file's cost is taken as linear in a weight: its rows' bytes, plus a byte-equivalent
+    per row (Python work dominates small rows) and per file. The seconds per unit of weight
+    are tracked like TCP's round-trip time (RFC 6298): a smoothed mean and mean deviation;
+    the estimate, mean + 4 deviations, still covers a file slower than usual.
+    """
+
+    # measured on a busy 2-core server: ~70 us a small row, ~5 ns a byte of values, ~2 ms a file
+    ROW_WEIGHT = 16 << 10
+    FILE_WEIGHT = 512 << 10
+
+    def __init__(self, seconds_per_weight: float = 10e-9) -> None:
+        self._mean = seconds_per_weight  # until a file is timed: about twice what was measured
+        self._deviation = seconds_per_weight / 2
+        self.timed = False  # whether a file was timed yet
+
+    @classmethod
+    def weight(cls, rows: int, nbytes: int) -> float:
+        return nbytes + cls.ROW_WEIGHT * rows + cls.FILE_WEIGHT
+
+    def seconds(self, weight: float) -> float:
+        """The estimated seconds a file of ``weight`` takes to write."""
+        return (self._mean + 4 * self._deviation) * weight
+
+    def weight_in(self, seconds: float) -> float:
+        """The weight whose estimated write time is ``seconds``."""
+        return seconds / (self._mean + 4 * self._deviation)
+
+    def record(self, weight: float, seconds: float) -> None:
+        error = seconds / weight - self._mean
+        self._mean += error / 8
+        self._deviation += (abs(error) - self._deviation) / 4
+        self.timed = True
 
 
 class Writer:
     """Writes rows to Parquet files on background threads, through a bounded queue.
 
     ``put`` blocks while more than ``max_queue_bytes`` wait to be written, so memory stays
-    flat whatever the run length. A file is written (then renamed into place) at least
-    every ``flush_seconds``, or as soon as a quarter of the bound is queued. ``threads``
-    files are encoded at once (default: 2 where there are 2 cores or more): Parquet
-    encoding, not the disk, is what limits a full capture, and pyarrow encodes without
-    the GIL. Files may then finish out of order; every row has its ``seq``, and
-    ``tracer.load`` returns training order.
+    flat whatever the run length. A row is readable (its file renamed into place) at most
+    ``flush_seconds`` after it was put, as long as the writers keep up: a file starts when
+    the oldest waiting row's age plus the estimated time to write the waiting rows (see
+    :class:`_WriteTime`) reaches ``flush_seconds``, less a margin, and takes no more rows
+    than it can write in time (rows already late excepted: one larger file catches up
+    faster than many small ones). A file also starts as soon as a quarter of the bound is
+    queued. ``threads`` files are encoded at once (default: 2 where there are 2 cores or
+    more): Parquet encoding, not the disk, is what limits a full capture, and pyarrow
+    encodes without the GIL. Files may then finish out of order; every row has its
+    ``seq``, and ``tracer.load`` returns training order.
+
+    ``files`` lists the names of the finished data files, in the order they finished.
+    ``on_file`` (internal: tests and measurements) is called on a writer thread with a
+    :class:`FileWritten` for each.
     """
 
     def __init__(
@@ -109,6 +236,7 @@ class Writer:
         max_queue_bytes: int = 64 << 20,
         compression: str = "zstd",
         threads: int | None = None,
+        on_file: Callable[[FileWritten], None] | None = None,
     ) -> None:
         self.directory = directory
         self.rank = rank
@@ -118,18 +246,22 @@ class Writer:
         self.error: BaseException | None = None
         self.rows_written = 0
         self.files_written = 0
+        self.files: list[str] = []
+        self._on_file = on_file
         self._session = uuid.uuid4().hex[:8]
-        self._queue: deque[tuple[Row, int]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0  # put and not yet written (waiting or being encoded)
         self._waiting_bytes = 0  # in the queue, not yet taken by a thread
         self._file_bytes = max(max_queue_bytes // 4, 1)  # a file is written at least this often
+        self._write_time = _WriteTime()
+        self._poll_seconds = min(max(flush_seconds / 20, 0.001), 0.05)  # new rows move a file's start
+        self._margin = 2 * self._poll_seconds  # a due file may be noticed a poll late
         self._rows_put = 0
         self._rows_taken = 0  # rows 0.._rows_taken-1 (in put order) were taken by a thread
         self._in_flight: dict[int, int] = {}  # file index -> put index of its first row
         self._next_file = 0
         self._flushing = 0
         self._closing = False
-        self._deadline = time.monotonic() + flush_seconds
         self._cond = threading.Condition()
         count = threads if threads is not None else min(2, os.cpu_count() or 1)
         self._threads = [
@@ -147,12 +279,13 @@ class Writer:
         with self._cond:
             while self._queued_bytes > self.max_queue_bytes and self._alive():
                 self._cond.wait(0.1)
-            self._queue.append((row, nbytes))
+            was_empty = not self._queue
+            self._queue.append((row, nbytes, time.monotonic()))
             self._queued_bytes += nbytes
             self._waiting_bytes += nbytes
             self._rows_put += 1
-            if self._waiting_bytes >= self._file_bytes:
-                self._cond.notify_all()  # else a writer wakes at the flush deadline
+            if was_empty or self._waiting_bytes >= self._file_bytes:
+                self._cond.notify_all()  # a writer times the next file; it polls from then on
 
     def flush(self) -> None:
         """Block until every row put so far is in a finished file."""
@@ -182,39 +315,24 @@ class Writer:
         values = ValuesBuffer()
         while True:
             with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._queue and (
-                        self._closing
-                        or self._flushing
-                        or now >= self._deadline
-                        or self._waiting_bytes >= self._file_bytes
-                    ):
-                        break
-                    if self._closing:
-                        return  # queue empty: every row is written
-                    if not self._queue and now >= self._deadline:
-                        self._deadline = now + self.flush_seconds  # nothing was due
-                    self._cond.wait(max(self._deadline - now, 0.001))
-                # one file's worth: converting a whole full queue at once would multiply its
-                # memory (float64 values, Arrow buffers, encoding)
-                batch: list[tuple[Row, int]] = []
-                batch_bytes = 0
-                while self._queue and batch_bytes <= self._file_bytes:
-                    item = self._queue.popleft()
-                    batch.append(item)
-                    batch_bytes += item[1]
-                self._waiting_bytes -= batch_bytes
+                batch = self._wait_for_file()
+                if batch is None:
+                    return  # closing and the queue is empty: every row is written
+                batch_bytes = sum(nbytes for _, nbytes, _ in batch)
                 count = len(batch)
                 index = self._next_file
                 self._next_file += 1
                 self._in_flight[index] = self._rows_taken
                 self._rows_taken += count
-                self._deadline = time.monotonic() + self.flush_seconds
+            oldest_put = batch[0][2]
             written = False
+            started = renamed = time.monotonic()
             try:
-                written = self._write([row for row, _ in batch], index, values)
+                written = self._write([row for row, _, _ in batch], index, values)
+                renamed = time.monotonic()
                 del batch[:]  # the captured tensors go now, not when the next batch replaces them
+                if written and self._on_file is not None:
+                    self._on_file(FileWritten(f"{self._file_name(index)}.parquet", count, oldest_put, started, renamed))
                 values.shrink(4 * ROW_GROUP_BYTES)
                 if batch_bytes >= _TRIM_BYTES:
                     _release_free_memory()
@@ -226,15 +344,62 @@ class Writer:
                     self._queued_bytes -= batch_bytes
                     del self._in_flight[index]
                     if written:
+                        self.files.append(f"{self._file_name(index)}.parquet")
                         self.files_written += 1
                         self.rows_written += count
+                        self._write_time.record(_WriteTime.weight(count, batch_bytes), renamed - started)
                     self._cond.notify_all()
+
+    def _wait_for_file(self) -> list[_Queued] | None:
+        """Wait (holding the lock) until a file is due and take its rows; None once closing and empty."""
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()  # put notifies when the queue stops being empty
+                continue
+            now = time.monotonic()
+            wait = self._start_time() - now
+            if wait <= 0 or self._closing or self._flushing or self._waiting_bytes >= self._file_bytes:
+                return self._take(now)
+            self._cond.wait(min(wait, self._poll_seconds))  # new rows bring the start forward
+
+    def _start_time(self) -> float:
+        """When the next file must start for the oldest waiting row to be readable in time."""
+        seconds = self._write_time.seconds(_WriteTime.weight(len(self._queue), self._waiting_bytes))
+        if not self._write_time.timed:  # a guess, and the first file pays pyarrow's warm-up
+            seconds = max(seconds, self.flush_seconds / 2)
+        return self._queue[0][2] + self.flush_seconds - self._margin - seconds
+
+    def _take(self, now: float) -> list[_Queued]:
+        """The next file's rows, oldest first: about a quarter of the queue bound at most (a
+        whole full queue at once would multiply its memory: float64 values, Arrow buffers,
+        encoding), and no more than can be written before the oldest is ``flush_seconds`` old,
+        but every late row."""
+        time_left = self._queue[0][2] + self.flush_seconds - self._margin - now
+        # at least twice a file's own cost: tiny files would make the writer fall behind
+        max_weight = max(self._write_time.weight_in(time_left), 2 * _WriteTime.FILE_WEIGHT)
+        late = now - self.flush_seconds + self._margin  # rows put before this are late already
+        batch: list[_Queued] = []
+        nbytes = 0
+        while self._queue and nbytes <= self._file_bytes:
+            _, size, put = self._queue[0]
+            if batch and put > late and _WriteTime.weight(len(batch) + 1, nbytes + size) > max_weight:
+                break
+            batch.append(self._queue.popleft())
+            nbytes += size
+        self._waiting_bytes -= nbytes
+        return batch
+
+    def _file_name(self, index: int) -> str:
+        """File number ``index``'s name, without ``.parquet`` (see the module docstring)."""
+        return f"part-{self.rank:05d}-{self._session}-{index:06d}"
 
     def _write(self, rows: list[Row], index: int, values: ValuesBuffer) -> bool:
         """Write ``rows`` to file number ``index``; False when nothing was written."""
         if self.error is not None:
             return False  # already failed: rows are dropped, the error is raised to the user
-        name = f"part-{self.rank:05d}-{self._session}-{index:06d}"
+        name = self._file_name(index)
         tmp = self.directory / f".{name}.tmp"
         try:
             grouped = sum(row[7].nbytes for row in rows) > ROW_GROUP_BYTES

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tracer._render import escape_text
 from tracer._schema import KINDS
 
 _COLUMNS = ["step", "seq", "rank", "kind", "name", "call", "part", "numel", "mean", "norm", "nonfinite"]
@@ -29,7 +30,7 @@ def summarize(path: Path) -> dict[str, Any]:
     return {
         "path": str(path),
         "model": meta.get("model"),
-        "optimizers": [o.get("class") for o in meta.get("optimizers", []) if isinstance(o, dict)],
+        "optimizers": [o["class"] for o in meta.get("optimizers", [])],
         "complete": meta.get("complete"),
         "steps": steps,
         "ranks": sorted({int(r) for r in rows["rank"]}),
@@ -100,12 +101,13 @@ def _first_nonfinite(path: Path, rows: Any) -> dict[str, Any] | None:
     full = load(path, kind=row["kind"], step=int(row["step"]), columns=["seq", "rank", "name", "shape", "values"])
     full = full[(full["seq"] == row["seq"]) & (full["rank"] == row["rank"])]
     if len(full) and full["values"].iloc[0] is not None:
-        values = np.asarray(full["values"].iloc[0], dtype=np.float64)
+        values = np.asarray(full["values"].iloc[0])  # float64, or complex128 for complex rows
         flat = int(np.flatnonzero(~np.isfinite(values))[0])
         shape = tuple(int(s) for s in full["shape"].iloc[0])
         found["index"] = list(np.unravel_index(flat, shape)) if shape else []
         found["index"] = [int(i) for i in found["index"]]
-        found["value"] = float(values[flat])
+        value = values[flat]
+        found["value"] = [float(value.real), float(value.imag)] if np.iscomplexobj(value) else float(value)
     return found
 
 
@@ -116,10 +118,10 @@ def format_summary(s: dict[str, Any]) -> str:
     """The summary as aligned text."""
     steps = s["steps"]
     incomplete = "  (incomplete: still running, or it crashed)" if s["complete"] is False else ""
-    lines = [f"trace      {s['path']}{incomplete}"]
+    lines = [f"trace      {escape_text(s['path'])}{incomplete}"]
     if s["model"]:
-        opts = ", ".join(s["optimizers"]) or "none"
-        lines.append(f"model      {s['model']}, optimizer {opts}")
+        opts = ", ".join(map(escape_text, s["optimizers"])) or "none"
+        lines.append(f"model      {escape_text(s['model'])}, optimizer {opts}")
     step_text = f"{len(steps)}" + (f" ({_steps_range(steps)})" if steps else "")
     if len(s["ranks"]) > 1:
         step_text += f", ranks {', '.join(map(str, s['ranks']))} (norms and loss: rank {s['ranks'][0]})"
@@ -188,7 +190,8 @@ def _nonfinite_text(found: dict[str, Any] | None) -> str:
         + f", {found['count']} of {found['numel']} elements"
     )
     if found["index"] is not None:
-        text += f", first at index {tuple(found['index'])} = {found['value']!r}"
+        value = found["value"]
+        text += f", first at index {tuple(found['index'])} = {complex(*value) if isinstance(value, list) else value!r}"
     return text
 
 
@@ -197,7 +200,8 @@ def _row(kind: str, name: str) -> str:
 
 
 def _name(name: str) -> str:
-    return repr(name) if name == "" or name != name.strip() else name
+    """A name as printed: quoted when empty or padded with spaces, its control characters escaped."""
+    return repr(name) if name == "" or name != name.strip() else escape_text(name)
 
 
 def _num(x: float) -> str:
@@ -205,7 +209,7 @@ def _num(x: float) -> str:
 
 
 def _steps_range(steps: list[int]) -> str:
-    if steps == list(range(steps[0], steps[-1] + 1)):
+    if len(steps) == steps[-1] - steps[0] + 1:  # sorted and distinct: no gaps
         return f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else f"step {steps[0]}"
     return f"{steps[0]} to {steps[-1]}, with gaps"
 

@@ -3,23 +3,82 @@
 The training thread calls :func:`capture`, which does only what cannot wait: a copy of a
 small tensor (it may change in place later) or the statistics of a large one. The writer
 thread calls :func:`finish` to turn that into column values.
+
+What a row holds, by kind of tensor. ``capture`` never changes the tensor and draws no
+random numbers; where nothing honest can be recorded it raises :class:`Unreadable`, whose
+``reason`` says why in one sentence (the hook layer warns once and skips the row). The
+schema has no layout column: a sparse or nested tensor shows up as the dense or
+concatenated tensor described here.
+
+- **Strided real tensors** (floating point, float8, integer, bool; views of any strides,
+  ``requires_grad`` or not, inference-mode tensors): ``shape``, ``dtype``, ``numel``; values
+  as float64 (exact), except an integer beyond 2**53, which keeps statistics only.
+- **Complex** (``complex64``, ``complex128``; ``complex32`` is read as complex64):
+  ``shape`` and ``numel`` count complex elements (so does ``max_values``); ``values`` are
+  the real and imaginary parts interleaved, ``[re0, im0, re1, im1, ...]`` (2·numel
+  floats); statistics are of |z| (``norm`` is the complex L2 norm) and ``nonfinite``
+  counts elements with a NaN or Inf part.
+- **Quantized** (``qint8``, ``quint8``, ``qint32``, ``quint4x2``, ``quint2x4``; per tensor
+  or per channel): ``dtype`` is the quantized dtype; values and statistics are those of
+  ``dequantize()`` (the float32 numbers the tensor stands for).
+- **Sparse** (COO, CSR, CSC, BSR, BSC, hybrid too): ``shape`` and ``numel`` of the dense
+  tensor, ``dtype`` of its entries. With ``numel <= max_values`` the values are the dense
+  tensor's (``to_dense()``, zeros included); otherwise statistics of the dense tensor, computed
+  from the stored entries and the number of implicit zeros, without densifying it.
+- **Nested** (``torch.nested``, strided or jagged layout; what ``nn.TransformerEncoder``'s
+  fast path passes between its layers): the components concatenated along their first
+  dimension, in order. ``shape`` is ``(n_0 + n_1 + ..., *rest)`` when the components agree
+  past their first dimension (``(total tokens, features)`` for the encoder), else
+  ``(numel_0 + numel_1 + ...,)`` (each component flattened); ``numel`` is the total count.
+- **Meta**: ``shape``, ``dtype`` and ``numel``; statistics and values null.
+- **torch.func transforms**: inside ``grad``/``vjp``/``jacrev``/``functionalize`` a tensor
+  is recorded as the tensor it wraps (same shape and values); inside ``vmap`` as the whole
+  batch: one batch dimension per ``vmap`` first (outermost first), then the per-example
+  shape. A ``vmap`` tensor that escaped its ``vmap`` is recorded the same way.
+- **Tensor subclasses**: one that only overrides ``__torch_function__`` is recorded as its
+  plain tensor; a nested jagged tensor as above. ``FakeTensor`` (``torch.compile`` or
+  ``FakeTensorMode`` tracing) has no values: :class:`Unreadable`. Any other subclass with its
+  own ``__torch_dispatch__`` (``DTensor``, torchao tensors, ...): :class:`Unreadable` (pass
+  its plain tensor, e.g. ``DTensor.to_local()``, instead).
+- **Raw-bit dtypes** (``bits8``, ``bits16``, ``bits1x8``..., ``uint1``-``uint7``,
+  ``int1``-``int7``, ``float4_e2m1fn_x2``): torch has no arithmetic or conversion for them:
+  :class:`Unreadable`.
+
+Active ``TorchDispatchMode``s (``FakeTensorMode``, ``FlopCounterMode``, ...) and functorch
+transforms are switched off while a tensor is read: tracer's own work is not counted,
+faked or transformed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
 import weakref
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 _EXACT_INT = 2**53  # float64 holds every integer up to this magnitude exactly
 _ROW_OVERHEAD = 256  # rough bytes a row costs besides its values (queue accounting)
 _MAX_DEPTH = 16
 _COPY_FOR_STATS = 4096  # up to this many elements, copying beats computing stats in place
+_SPARSE = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+_functorch = torch._C._functorch
+_transforms_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+
+
+class Unreadable(Exception):
+    """:func:`capture` cannot record this tensor; ``reason`` says why, in one sentence."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Captured(NamedTuple):
@@ -29,7 +88,7 @@ class Captured(NamedTuple):
     dtype: str
     numel: int
     stats: torch.Tensor | None  # float64 [mean, std, min, max, norm, nonfinite], large tensors
-    values: torch.Tensor | None  # flattened CPU copy in the original dtype, small tensors
+    values: torch.Tensor | None  # flattened CPU copy (a dtype of _PLAIN), small tensors
     nbytes: int
     keep: bool = True  # whether ``values`` go into the trace or only serve the statistics
 
@@ -37,6 +96,20 @@ class Captured(NamedTuple):
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"``."""
     return str(dtype).removeprefix("torch.")
+
+
+# the dtypes whose strided tensors take the direct path (and the only dtypes of
+# ``Captured.values``): float64 holds every value of them exactly (2 of them for complex)
+_PLAIN: dict[torch.dtype, str] = {
+    dtype: dtype_name(dtype)
+    for dtype in (
+        torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64, torch.complex128,
+        torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    )
+}  # fmt: skip
+for _name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
+    if isinstance(getattr(torch, _name, None), torch.dtype):  # newer dtypes: not in every torch
+        _PLAIN[getattr(torch, _name)] = _name
 
 
 class CopyPool:
@@ -78,7 +151,8 @@ class CopyPool:
             if block is not None:
                 self._free_bytes -= block.nbytes
         if block is None:
-            block = torch.empty(numel, dtype=dtype, device="cpu")
+            with torch.inference_mode(False):  # a block made in inference mode could not be reused outside it
+                block = torch.empty(numel, dtype=dtype, device="cpu")
         view = block.view(shape)  # a new tensor object sharing the block's memory
         weakref.finalize(view, self._give_back, key, block).atexit = False
         return view
@@ -96,22 +170,51 @@ class CopyPool:
 assert CopyPool.POOLED > _COPY_FOR_STATS
 
 
+
 def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None = None) -> Captured:
     """Snapshot ``tensor``: its values if it has at most ``max_values`` elements, else its stats.
 
-    Copies come from ``pool`` when given (see :class:`CopyPool`)."""
-    t = tensor.detach()
-    if t.layout != torch.strided:
-        t = t.to_dense()
-    numel = t.numel()
-    shape = tuple(t.shape)
-    dtype = dtype_name(t.dtype)
-    if t.device.type == "meta":
-        return Captured(shape, dtype, numel, None, None, _ROW_OVERHEAD)
+    Copies come from ``pool`` when given (see :class:`CopyPool`). Raises :class:`Unreadable`
+    for a tensor that cannot be recorded (see the module docstring for each kind).
+    """
+    if _dispatch_modes() or _transforms_active():  # before any op: they would see it
+        return _capture_unusual(tensor, max_values, pool)
+    try:
+        t = tensor.detach()
+        dtype = _PLAIN.get(t.dtype)
+        if not (dtype is None or type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta):
+            return _snapshot(t, tuple(t.shape), dtype, t.numel(), max_values, pool)
+    except RuntimeError:
+        if not _functorch.is_functorch_wrapped_tensor(tensor):
+            raise
+        t = tensor  # a vmap tensor that escaped its vmap: torch refuses even detach() of it
+    return _capture_unusual(t, max_values, pool)
+
+
+def adopt(values: torch.Tensor, shape: tuple[int, ...]) -> Captured:
+    """The row payload of a flat CPU tensor that tracer made itself and nothing else
+    writes to (the float64 or complex128 update of a parameter): kept as it is, not
+    copied again."""
+    return Captured(shape, dtype_name(values.dtype), values.numel(), None, values, _ROW_OVERHEAD + values.nbytes)
+
+
+def _snapshot(
+    t: torch.Tensor,
+    shape: tuple[int, ...],
+    dtype: str,
+    numel: int,
+    max_values: int | None,
+    pool: CopyPool | None,
+    fresh: bool = False,
+) -> Captured:
+    """A strided tensor ``t`` of a dtype in :data:`_PLAIN` with ``numel`` elements, recorded
+    as ``shape`` and ``dtype``; ``fresh``: made by tracer, so a CPU one needs no copy."""
     keep = max_values is None or numel <= max_values
-    if keep or (numel <= _COPY_FOR_STATS and t.device.type == "cpu"):
+    if keep or (numel <= _COPY_FOR_STATS and t.is_cpu):
         # a small copy is cheaper than statistics here: the writer thread computes them
-        if pool is None:
+        if fresh and t.is_cpu:
+            values = t.reshape(-1)
+        elif pool is None:
             values = torch.flatten(t).to("cpu", copy=True)
         else:
             values = pool.empty((numel,), t.dtype).copy_(t.reshape(-1))
@@ -119,19 +222,176 @@ def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None 
     return Captured(shape, dtype, numel, _stats(t), None, _ROW_OVERHEAD)
 
 
-def adopt(values: torch.Tensor, shape: tuple[int, ...]) -> Captured:
-    """The row payload of a flat CPU tensor that tracer made itself and nothing else
-    writes to (the float64 update of a parameter): kept as it is, not copied again."""
-    return Captured(shape, dtype_name(values.dtype), values.numel(), None, values, _ROW_OVERHEAD + values.nbytes)
+def _capture_unusual(t: torch.Tensor, max_values: int | None, pool: CopyPool | None) -> Captured:
+    """Everything but a plain strided tensor read with no transform or dispatch mode active."""
+    with contextlib.ExitStack() as stack:
+        if _dispatch_modes():
+            stack.enter_context(_disable_current_modes())
+        order = None
+        if _transforms_active() or _functorch.is_functorch_wrapped_tensor(t):
+            t, order = _unwrap_functorch(t)  # with the transforms on: they own the wrappers
+            stack.enter_context(torch._C._DisableFuncTorch())  # else results of plain tensors get wrapped
+        t = t.detach()
+        if order is not None:
+            t = t.permute(order)
+        if t.is_nested:
+            return _nested(t, max_values, pool)
+        if type(t) is not torch.Tensor:
+            t = _plain_subclass(t)
+        if t.layout in _SPARSE:
+            return _sparse(t, max_values, pool)
+        if t.layout is not torch.strided:  # mkldnn: dense, in a blocked memory format
+            return _data(t.to_dense(), tuple(t.shape), t.numel(), max_values, pool, fresh=True)
+        return _data(t, tuple(t.shape), t.numel(), max_values, pool)
+
+
+def _unwrap_functorch(t: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
+    """The plain tensor inside functorch wrappers, and the permutation of its dimensions
+    that puts the batch dimensions of vmap first, outermost vmap first (None: no vmap)."""
+    labels = list(range(t.dim()))  # what each dimension is: >= 0 the tensor's own, < 0 a batch
+    batches = 0
+    while _functorch.is_functorch_wrapped_tensor(t):
+        if _functorch.is_batchedtensor(t):
+            t, bdim = _functorch._unwrap_batched(t, _functorch.maybe_get_level(t))
+            batches += 1  # wrappers come innermost transform first
+            labels.insert(bdim, -batches)
+        elif _functorch.is_functionaltensor(t):
+            torch._sync(t)  # pending updates of views applied to the wrapper, as any op on it would
+            t = torch._from_functional_tensor(t)
+        else:  # grad, vjp, jvp, jacrev, jacfwd: a wrapper of the same values
+            t = _functorch.get_unwrapped(t)
+    if not batches:
+        return t, None
+    order = [labels.index(-b) for b in range(batches, 0, -1)]
+    return t, order + [labels.index(d) for d in range(len(labels) - batches)]
+
+
+def _plain_subclass(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor of a subclass that keeps its values in its own storage."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(t, FakeTensor):
+        raise Unreadable(
+            "a FakeTensor (torch.compile or FakeTensorMode tracing) has a shape and dtype but no values"
+        )
+    if type(t).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
+        raise Unreadable(
+            f"a {type(t).__qualname__} is a tensor subclass with its own __torch_dispatch__, whose values "
+            "are not in a plain tensor that tracer can read (record its plain tensor instead, e.g. "
+            "DTensor.to_local())"
+        )
+    with torch._C.DisableTorchFunctionSubclass():
+        return t.as_subclass(torch.Tensor)
+
+
+def _data(
+    t: torch.Tensor,
+    shape: tuple[int, ...],
+    numel: int,
+    max_values: int | None,
+    pool: CopyPool | None,
+    fresh: bool = False,
+) -> Captured:
+    """A strided tensor of any dtype, recorded as ``shape`` with ``numel`` elements."""
+    if t.is_meta:
+        return Captured(shape, dtype_name(t.dtype), numel, None, None, _ROW_OVERHEAD)
+    t, dtype, made = _readable(t)
+    return _snapshot(t, shape, dtype, numel, max_values, pool, fresh or made)
+
+
+def _readable(t: torch.Tensor) -> tuple[torch.Tensor, str, bool]:
+    """``t`` in a dtype of :data:`_PLAIN` with the same numbers, the dtype to record, and
+    whether the tensor is a new one."""
+    dtype = _PLAIN.get(t.dtype)
+    if dtype is not None:
+        return t, dtype, False
+    if t.is_quantized:
+        return t.dequantize(), dtype_name(t.dtype), True
+    if t.dtype is torch.complex32:
+        return t.to(torch.complex64), "complex32", True  # exact; few ops exist for complex32
+    if t.is_floating_point() or t.is_complex():  # a floating-point dtype newer than this list
+        try:
+            return t.to(torch.complex128 if t.is_complex() else torch.float64), dtype_name(t.dtype), True
+        except RuntimeError:  # no conversion (float4_e2m1fn_x2: two packed 4-bit floats a byte)
+            pass
+    raise Unreadable(
+        f"{dtype_name(t.dtype)} holds raw bits that torch has no arithmetic or conversion for, "
+        "so there are no numbers to record"
+    )
+
+
+def _nested(t: torch.Tensor, max_values: int | None, pool: CopyPool | None) -> Captured:
+    """A nested tensor as its components concatenated along their first dimension."""
+    if t.layout is torch.jagged and t.is_contiguous() and getattr(t, "_ragged_idx", None) == 1:
+        data = t.values()  # (n_0 + n_1 + ..., *rest) already: no copy
+        return _data(data, tuple(data.shape), data.numel(), max_values, pool)
+    if t.layout is torch.strided and t.is_contiguous():
+        data = t.values()  # the buffer: the components one after another
+        shape = _concatenated(t._nested_tensor_size().tolist())
+        if data.numel() == math.prod(shape):
+            return _data(data, shape, data.numel(), max_values, pool)
+    parts = t.unbind()
+    shape = _concatenated([list(p.shape) for p in parts])
+    if parts:
+        data = torch.cat([p.reshape(-1) for p in parts])
+    else:
+        data = torch.empty(0, dtype=t.dtype, device=t.device)
+    return _data(data, shape, data.numel(), max_values, pool, fresh=True)
+
+
+def _concatenated(sizes: list[list[int]]) -> tuple[int, ...]:
+    """The shape of components of these sizes concatenated along their first dimension,
+    or flattened and concatenated where they disagree past it."""
+    if sizes and all(len(s) >= 1 and s[1:] == sizes[0][1:] for s in sizes):
+        return (sum(s[0] for s in sizes), *sizes[0][1:])
+    return (sum(math.prod(s) for s in sizes),)
+
+
+def _sparse(t: torch.Tensor, max_values: int | None, pool: CopyPool | None) -> Captured:
+    """A sparse tensor as its dense form: values when small enough, else statistics from the
+    stored entries (not densified)."""
+    shape = tuple(t.shape)
+    numel = math.prod(shape)
+    if t.is_meta:
+        return Captured(shape, dtype_name(t.dtype), numel, None, None, _ROW_OVERHEAD)
+    if max_values is None or numel <= max_values:
+        return _data(t.to_dense(), shape, numel, max_values, pool, fresh=True)
+    if t.layout is torch.sparse_coo:
+        stored = (t if t.is_coalesced() else t.coalesce())._values()  # a duplicate entry is a sum
+    else:
+        stored = t.values()
+    stored, dtype, _ = _readable(stored)
+    return Captured(shape, dtype, numel, _with_zeros(stored, numel), None, _ROW_OVERHEAD)
+
+
+def _with_zeros(stored: torch.Tensor, numel: int) -> torch.Tensor:
+    """Statistics of ``numel`` elements: the ``stored`` ones and zeros for the rest."""
+    m = stored.numel()
+    zeros = numel - m
+    if m == 0:
+        return torch.zeros(6, dtype=torch.float64)
+    stats = _stats(stored)
+    if zeros <= 0:
+        return stats
+    mean_s, std_s, lo, hi, norm, nonfinite = stats.tolist()
+    mean = mean_s * (m / numel)
+    # the variances of the two groups combined (no cancellation: each term is >= 0)
+    var = (m * (std_s * std_s + (mean_s - mean) ** 2) + zeros * mean * mean) / numel
+    lo, hi = min(lo, 0.0), max(hi, 0.0)  # a NaN stays NaN: it comes first
+    std = math.sqrt(var) if var >= 0 else math.nan
+    return torch.tensor([mean, std, lo, hi, norm, nonfinite], dtype=torch.float64)
 
 
 def _stats(t: torch.Tensor) -> torch.Tensor:
-    """Statistics of a non-empty tensor, computed where it lives, as float64 [6]."""
+    """Statistics of a non-empty tensor, computed where it lives, as float64 [6]; of |z| for
+    a complex one, with ``nonfinite`` the elements that have a NaN or Inf part."""
     if t.is_complex():
-        t = t.abs()
+        stats = _stats(t.abs())
+        nonfinite = torch.isfinite(t).logical_not_().sum()  # |z| overflows for some finite z
+        return torch.cat([stats[:5], nonfinite.to(device="cpu", dtype=torch.float64).reshape(1)])
     if t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float64 if not t.is_floating_point() else torch.float32)
-    if t.device.type == "cpu":
+    if t.is_cpu:
         return _cpu_stats(t.reshape(-1))
     var, mean = torch.var_mean(t, correction=0)  # on an accelerator: no sync, one kernel
     lo, hi = torch.aminmax(t)
@@ -187,9 +447,10 @@ def _blocked(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Tensor | None]:
     """Writer side: ``(mean, std, min, max, norm, nonfinite)`` and the values to store, or None.
 
-    The values are a float64 array, or for a large floating-point tensor the flat tensor
-    itself: the writer converts it straight into its file buffer (one pass, no copy of
-    its own).
+    The values are a float64 array, or for a large floating-point or complex tensor a flat
+    floating-point tensor: the writer converts it straight into its file buffer (one pass,
+    no copy of its own). A complex tensor's values are its real and imaginary parts
+    interleaved (twice ``numel`` floats), its statistics those of |z|.
     """
     if c.values is None:
         if c.stats is None:
@@ -198,8 +459,7 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Te
         return (mean, std, lo, hi, norm, int(nonfinite)), None
     v = c.values
     if v.is_complex():
-        arr = v.abs().to(torch.float64).numpy()
-        return _numpy_stats(arr), None  # complex values have no float64 column: stats of |z|
+        return _finish_complex(v, c.keep)
     if v.numel() > _COPY_FOR_STATS and v.is_floating_point():
         # large (full capture): vectorised float32 reductions, not six float64 numpy passes
         stats = _cpu_stats(v if v.dtype in (torch.float32, torch.float64) else v.float())
@@ -210,6 +470,18 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Te
     if keep is not None and not v.is_floating_point() and arr.size and np.abs(arr).max() > _EXACT_INT:
         keep = None  # an int64 beyond 2**53 has no exact float64: store no wrong values
     return _numpy_stats(arr), keep
+
+
+def _finish_complex(v: torch.Tensor, keep: bool) -> tuple[tuple[float | None, ...], np.ndarray | torch.Tensor | None]:
+    """Statistics of |z| and the interleaved ``[re0, im0, re1, im1, ...]`` of a flat complex tensor."""
+    if v.numel() > _COPY_FOR_STATS:
+        mean, std, lo, hi, norm, nonfinite = _stats(v).tolist()
+        return (mean, std, lo, hi, norm, int(nonfinite)), torch.view_as_real(v).reshape(-1) if keep else None
+    z = v.to(torch.complex128).numpy()
+    with np.errstate(all="ignore"):
+        stats = _numpy_stats(np.abs(z))  # |z| in float64: exact to rounding (hypot)
+        nonfinite = int(z.size - np.count_nonzero(np.isfinite(z)))  # a NaN or Inf part
+    return (*stats[:5], nonfinite), z.view(np.float64) if keep else None
 
 
 def _numpy_stats(arr: np.ndarray) -> tuple[float | None, ...]:

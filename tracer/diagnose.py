@@ -249,12 +249,14 @@ class Findings(list):
     def __str__(self) -> str:
         if not self:
             return self.summary() + "\n"
-        rows = [(f.severity.upper(), f.code, _steps_text(f), _where(f)) for f in self]
+        from tracer._render import escape_text
+
+        rows = [(f.severity.upper(), f.code, _steps_text(f), escape_text(_where(f))) for f in self]
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [self.summary(), ""]
         for f, row in zip(self, rows):
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-            lines.append("    " + f.message)
+            lines.append("    " + escape_text(f.message))
             if f.evidence:
                 lines.append("    evidence: " + _evidence_text(f.evidence))
         return "\n".join(lines) + "\n"
@@ -473,7 +475,9 @@ def _where(f: Finding) -> str:
 
 
 def _evidence_text(evidence: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={_num(v) if not isinstance(v, str) else v}" for k, v in evidence.items())
+    from tracer._render import escape_text
+
+    return ", ".join(f"{k}={_num(v) if not isinstance(v, str) else escape_text(v)}" for k, v in evidence.items())
 
 
 def _layer(param: str) -> str:
@@ -591,7 +595,8 @@ def _first_nonfinite(data: _Data, skipped: dict[int, str]) -> list[Finding]:
     return [Finding("error", "first-nonfinite", step, steps, kind, name, message, evidence)]
 
 
-def _first_bad_element(data: _Data, row: pd.Series) -> tuple[str, float] | None:
+def _first_bad_element(data: _Data, row: pd.Series) -> tuple[str, float | str] | None:
+    """Index and value of the row's first NaN/Inf element (a complex value as text), if stored."""
     try:
         rows = data.rows([row["kind"]], ["seq", "rank", "name", "shape", "values"], step=int(row["step"]))
     except Exception:  # noqa: BLE001 - the location is a nicety; the finding stands without it
@@ -602,13 +607,14 @@ def _first_bad_element(data: _Data, row: pd.Series) -> tuple[str, float] | None:
         rows = rows[rows["name"] == row["name"]]
     if rows.empty or "values" not in rows.columns or rows["values"].iloc[0] is None:
         return None
-    values = np.asarray(rows["values"].iloc[0], dtype=np.float64)
+    values = np.asarray(rows["values"].iloc[0])  # float64, or complex128 for complex rows
     hits = np.flatnonzero(~np.isfinite(values))
     if not hits.size:
         return None
     shape = tuple(int(s) for s in rows["shape"].iloc[0])
     index = tuple(int(i) for i in np.unravel_index(int(hits[0]), shape)) if shape else ()
-    return str(list(index)), float(values[hits[0]])
+    value = values[hits[0]]
+    return str(list(index)), str(complex(value)) if np.iscomplexobj(value) else float(value)
 
 
 def _cause(row: pd.Series, same_step: pd.DataFrame, stats: pd.DataFrame, evidence: dict[str, Any]) -> str:
@@ -926,9 +932,11 @@ def _changes(lead: pd.DataFrame, t: Thresholds) -> list[Finding]:
 def _lr(hparams: Any) -> float | None:
     if not isinstance(hparams, str):
         return None
+    from tracer._reader import parse_hparams
+
     try:
-        lr = json.loads(hparams).get("lr")
-    except (ValueError, AttributeError):
+        lr = parse_hparams(hparams, "hparams").get("lr")
+    except ValueError:  # a DataFrame not read by tracer.load may hold anything
         return None
     return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
 
@@ -945,7 +953,7 @@ def _frozen_modules(lead: pd.DataFrame, meta: Mapping[str, Any]) -> list[Finding
     optimized = lead[lead["kind"].isin(["grad", "param", "update"])]
     if optimized.empty:
         return []  # traced without an optimizer, or without its kinds
-    options = meta.get("options", {}) if isinstance(meta, Mapping) else {}
+    options = meta.get("options", {})
     capture = set(options.get("capture") or ["grad", "param", "update"])
     if not capture & {"grad", "param", "update"}:
         return []
@@ -1077,7 +1085,7 @@ def _dead_mask(stats: pd.DataFrame, values: pd.DataFrame, steps: list[int]) -> t
         if len(at_values) and all(v is not None for v in at_values["values"]):
             for v, shape in zip(at_values["values"], at_values["shape"]):
                 shape = tuple(int(s) for s in shape)
-                arr = np.asarray(v, dtype=np.float64).reshape(shape)
+                arr = np.asarray(v).reshape(shape)
                 if arr.ndim == 0:
                     arr = arr.reshape(1)
                 per_unit = (
@@ -1133,7 +1141,7 @@ def _rule_mismatch(
         rows = rows[rows["rank"] == lead["rank"].min()]
     if rows.empty or "values" not in rows.columns:
         return []
-    bases = {o["class"]: list(o.get("bases", [])) for o in data.meta.get("optimizers", []) if isinstance(o, dict)}
+    bases = {o["class"]: list(o.get("bases", [])) for o in data.meta.get("optimizers", [])}
     checks = build_checks(rows, bases, optimizers)
     by_name: dict[str, list[Any]] = {}
     for c in checks:

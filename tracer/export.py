@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -140,6 +140,8 @@ def _histogram_kinds(histograms: bool | Iterable[str]) -> tuple[str, ...]:
 def _step_scalars(rows: Any) -> dict[str, float]:
     import pandas as pd
 
+    from tracer._reader import parse_hparams
+
     out: dict[str, float] = {}
     loss = rows[rows["kind"] == "loss"]
     if len(loss):
@@ -158,7 +160,7 @@ def _step_scalars(rows: Any) -> dict[str, float]:
             out[f"update_ratio/{name}"] = update / param
     updates = rows[rows["kind"] == "update"].drop_duplicates(["optimizer", "param_group"])
     for opt, group, hp in zip(updates["optimizer"], updates["param_group"], updates["hparams"]):
-        lr = json.loads(hp).get("lr") if isinstance(hp, str) else None
+        lr = parse_hparams(hp, f"the hparams of optimizer {opt}").get("lr") if isinstance(hp, str) else None
         if isinstance(lr, (int, float)) and not isinstance(lr, bool):
             out[f"lr/{opt}/group{0 if pd.isna(group) else int(group)}"] = float(lr)
     return out
@@ -177,8 +179,14 @@ def _histograms(path: Path, kinds: Sequence[str], steps: list[int]) -> dict[int,
     for step, kind, name, part, values in zip(df["step"], df["kind"], df["name"], df["part"], df["values"]):
         if len(values):
             tag = f"hist/{kind}/{name or '(root)'}" + (f"/{part}" if part else "")
-            out.setdefault(int(step), {}).setdefault(tag, np.asarray(values, dtype=np.float64))
+            out.setdefault(int(step), {}).setdefault(tag, _real(values))
     return out
+
+
+def _real(values: np.ndarray) -> np.ndarray:
+    """The numbers a histogram shows: the values, or |z| of complex ones (as their statistics)."""
+    values = np.asarray(values)
+    return np.abs(values) if np.iscomplexobj(values) else values.astype(np.float64, copy=False)
 
 
 # --------------------------------------------------------------------------- TensorBoard
@@ -234,7 +242,7 @@ def to_wandb(
     project: str | None = None,
     mode: str = "offline",
     name: str | None = None,
-    dir: str | os.PathLike[str] | None = None,  # noqa: A002 - wandb.init's own word
+    dir: str | os.PathLike[str] | None = None,
     histograms: bool | Iterable[str] = True,
     settings: Any = None,
     **init: Any,
@@ -285,8 +293,12 @@ def to_wandb(
             name=name or path.resolve().name,
             mode=mode,
             dir=None if dir is None else str(dir),
-            config={"trace": str(path), "model": meta.get("model"),
-                    "optimizers": meta.get("optimizers"), "options": meta.get("options")},  # fmt: skip
+            config={
+                "trace": str(path),
+                "model": meta.get("model"),
+                "optimizers": meta.get("optimizers"),
+                "options": meta.get("options"),
+            },
             settings=settings,
             **init,
         )
@@ -418,19 +430,25 @@ def _histograms_arg(args: argparse.Namespace) -> bool | list[str]:
 
 def cmd_export_tensorboard(args: argparse.Namespace) -> int:
     """``tracer export tensorboard PATH LOGDIR``."""
+    from tracer._render import escape_text
+
     out = to_tensorboard(args.path, args.logdir, histograms=_histograms_arg(args))
-    print(f"wrote TensorBoard events to {out} (view: tensorboard --logdir {out})")
+    shown = escape_text(str(out))
+    print(f"wrote TensorBoard events to {shown} (view: tensorboard --logdir {shown})")
     return 0
 
 
 def cmd_export_wandb(args: argparse.Namespace) -> int:
     """``tracer export wandb PATH``."""
+    from tracer._render import escape_text
+
     run_dir = to_wandb(
         args.path, project=args.project, name=args.name, mode=args.mode, dir=args.dir,
         histograms=_histograms_arg(args),
     )  # fmt: skip
+    shown = escape_text(str(run_dir))
     if args.mode == "offline":
-        print(f"wrote offline W&B run to {run_dir} (upload: wandb sync {run_dir})")
+        print(f"wrote offline W&B run to {shown} (upload: wandb sync {shown})")
     else:
-        print(f"logged W&B run {run_dir.name}")
+        print(f"logged W&B run {escape_text(run_dir.name)}")
     return 0

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Any, Iterable, Sequence
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tracer._checks import UpdateCheck, build_checks
 from tracer._explain import explain_step
-from tracer._load import to_frame, trace_path
+from tracer._load import load, trace_path
+from tracer._reader import read_meta
 from tracer._render import Block, Formula, Heading, Items, Para, Raw, Section, Table
 from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
 from tracer._render import to_text as _to_text
-from tracer._reader import read_meta, read_trace
 from tracer.rules._base import num
 
 FRAME_COLUMNS = [
@@ -40,7 +42,7 @@ def report(
     step: int | Iterable[int] | slice | None = None,
     name: str | Iterable[str] | None = None,
     max_elements: int = 16,
-) -> "Report":
+) -> Report:
     """Explain and check every update of a trace.
 
     Example::
@@ -62,7 +64,7 @@ def report(
     else:
         path = trace_path(trace)
         meta = read_meta(path)
-        df = to_frame(*read_trace(path, step=step))
+        df = load(path, step=step)
         source = str(path)
     optimizer_bases = {o["class"]: list(o.get("bases", [])) for o in meta.get("optimizers", [])}
     params = df
@@ -123,17 +125,17 @@ class Report:
         records = []
         for c in self.checks:
             ratio = c.update_ratio
-            records.append(
-                {
-                    "step": c.step, "name": c.name, "optimizer": c.optimizer, "rule": c.rule,
-                    "latex": c.latex, "hparams": c.hparams, "predicted": c.predicted,
-                    "observed": c.observed, "max_abs_error": c.max_abs_error, "matches": c.matches,
-                    "check": c.check, "reason": c.reason, "rule_class": c.rule_class,
-                    "param_group": c.param_group, "dtype": c.dtype,
-                    "grad_norm": c.norms.get("grad"), "update_norm": c.norms.get("update"),
-                    "param_norm": c.norms.get("param"), "update_ratio": ratio,
-                }  # fmt: skip
-            )
+            # fmt: off
+            records.append({
+                "step": c.step, "name": c.name, "optimizer": c.optimizer, "rule": c.rule,
+                "latex": c.latex, "hparams": c.hparams, "predicted": c.predicted,
+                "observed": c.observed, "max_abs_error": c.max_abs_error, "matches": c.matches,
+                "check": c.check, "reason": c.reason, "rule_class": c.rule_class,
+                "param_group": c.param_group, "dtype": c.dtype,
+                "grad_norm": c.norms.get("grad"), "update_norm": c.norms.get("update"),
+                "param_norm": c.norms.get("param"), "update_ratio": ratio,
+            })
+            # fmt: on
         frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
         frame["matches"] = frame["matches"].astype(object)
         return frame
@@ -155,7 +157,7 @@ class Report:
         """The report as renderer-neutral blocks; ``extras`` adds findings and plots (HTML)."""
         n = self.counts
         out: list[Block] = [Heading(1, f"tracer report: {self.source}")]
-        optimizers = sorted({c.optimizer for c in self.checks})
+        optimizers = sorted({c.optimizer for c in self.checks if c.optimizer is not None})
         out.append(
             Para(
                 f"{len(self.steps)} step(s), {len(self.checks)} update(s)"
@@ -191,7 +193,7 @@ class Report:
             if checks and compact:
                 body.append(_step_table(checks))
             elif checks:
-                body.append(Para("**Updates.** Each parameter's update, by its optimizer's rule:"))
+                body.append(Para("Each parameter's update, by its optimizer's rule:", lead="Updates."))
                 for c in checks:
                     body += self._update_blocks(c)
                 table = _summary_table(checks, self.max_elements)
@@ -228,7 +230,7 @@ class Report:
 
     def _update_blocks(self, c: UpdateCheck) -> list[Block]:
         status = _status(c)
-        out: list[Block] = [Heading(3, f"{c.name} ({c.optimizer}{_group(c)}): {status}")]
+        out: list[Block] = [Heading(3, f"{c.name} ({c.optimizer or 'no optimizer'}{_group(c)}): {status}")]
         rule = c.rule_object
         if c.rule is not None and rule is not None:
             via = f" (the rule of {c.rule_class}, its base class)" if c.rule_class != c.optimizer else ""
@@ -380,6 +382,7 @@ def _step_table(checks: list[UpdateCheck]) -> Table:
 
 
 def _walk_blocks(lines: list[str]) -> list[Block]:
+    """The walkthrough's lines (``- `` items, ``**Lead.**`` paragraphs) as blocks."""
     out: list[Block] = []
     items: list[str] = []
     for line in lines:
@@ -389,7 +392,16 @@ def _walk_blocks(lines: list[str]) -> list[Block]:
         if items:
             out.append(Items(tuple(items), code=True))
             items = []
-        out.append(Para(line))
+        out.append(_para(line))
     if items:
         out.append(Items(tuple(items), code=True))
     return out
+
+
+_LEAD = re.compile(r"\*\*(.+?)\*\* ?")
+
+
+def _para(line: str) -> Para:
+    """A walkthrough line as a paragraph, its ``**Lead.**`` (if any) as the bold lead-in."""
+    lead = _LEAD.match(line)
+    return Para(line[lead.end() :], lead=lead.group(1)) if lead else Para(line)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -44,7 +45,9 @@ __all__ = [
     "assert_updates_follow_rule",
 ]
 
-_ROW_COLUMNS = ["step", "seq", "rank", "kind", "name", "call", "part", "shape", "dtype", "numel", "values"]
+_ROW_COLUMNS = [
+    "step", "seq", "rank", "kind", "name", "call", "part", "shape", "dtype", "numel", "grad_enabled", "values",
+]  # fmt: skip
 _MAX_LISTED = 10
 
 
@@ -60,6 +63,7 @@ def assert_activation(
     call: int = 0,
     part: str = "",
     rank: int = 0,
+    evaluation: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
 ) -> None:
@@ -69,12 +73,18 @@ def assert_activation(
 
         assert_activation(run, "fc", [[3.0]])          # fc's output at step 0, first call
         assert_activation(run, "lstm", h, part="1.0")  # a tensor inside a returned tuple
+        assert_activation(run, "fc", [[2.5]], evaluation=True)  # under torch.no_grad()
 
     Args:
         trace: a trace path, a ``run``, or a DataFrame from ``tracer.load``.
         name: the module path, as in ``model.named_modules()``.
-        expected: anything ``torch.as_tensor`` takes, of the traced shape.
+        expected: anything ``torch.as_tensor`` takes, of the traced shape (complex for a
+            complex tensor).
         step, call, part, rank: which row (see the trace columns).
+        evaluation: assert on the forward passes run without gradients (``torch.no_grad()``,
+            ``inference_mode``: ``grad_enabled`` false), which count their calls apart from
+            the training ones. By default the training rows; a trace with no training rows of
+            this module (inference only) uses its evaluation rows.
         rtol, atol: as in ``torch.testing.assert_close`` (default: its defaults for the dtype).
 
     Raises:
@@ -82,7 +92,7 @@ def assert_activation(
             or its values were not stored.
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "activation", name, expected, step, call, part, rank, rtol, atol)
+    _assert_tensor(trace, "activation", name, expected, _Row(step, call, part, rank, evaluation), rtol, atol)
 
 
 def assert_input(
@@ -94,17 +104,20 @@ def assert_input(
     call: int = 0,
     part: str = "0",
     rank: int = 0,
+    evaluation: bool = False,
     rtol: float | None = None,
     atol: float | None = None,
 ) -> None:
     """Assert an input of module ``name`` equals ``expected`` (``part``: ``"0"`` = first positional).
+
+    ``evaluation`` chooses the forward passes run without gradients, as in :func:`assert_activation`.
 
     Example::
 
         assert_input(run, "", [[1.0, 2.0]])
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "input", name, expected, step, call, part, rank, rtol, atol)
+    _assert_tensor(trace, "input", name, expected, _Row(step, call, part, rank, evaluation), rtol, atol)
 
 
 def assert_activation_grad(
@@ -126,7 +139,7 @@ def assert_activation_grad(
         assert_activation_grad(run, "", [[-10.0]])
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "activation_grad", name, expected, step, call, part, rank, rtol, atol)
+    _assert_tensor(trace, "activation_grad", name, expected, _Row(step, call, part, rank), rtol, atol)
 
 
 def assert_loss(
@@ -148,7 +161,7 @@ def assert_loss(
         assert_loss(run, 19.36, step=1)
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "loss", "loss", expected, step, call, part, rank, rtol, atol)
+    _assert_tensor(trace, "loss", "loss", expected, _Row(step, call, part, rank), rtol, atol)
 
 
 def assert_grad(
@@ -168,7 +181,7 @@ def assert_grad(
         assert_grad(run, "fc.weight", [[-10.0, -20.0]])
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "grad", name, expected, step, 0, "", rank, rtol, atol)
+    _assert_tensor(trace, "grad", name, expected, _Row(step, 0, "", rank), rtol, atol)
 
 
 def assert_param(
@@ -188,7 +201,7 @@ def assert_param(
         assert_param(run, "fc.bias", [0.1], step=1)
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "param", name, expected, step, 0, "", rank, rtol, atol)
+    _assert_tensor(trace, "param", name, expected, _Row(step, 0, "", rank), rtol, atol)
 
 
 def assert_update(
@@ -210,7 +223,7 @@ def assert_update(
         assert_update(run, "fc.weight", [[0.1, 0.2]])
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "update", name, expected, step, 0, "", rank, rtol, atol)
+    _assert_tensor(trace, "update", name, expected, _Row(step, 0, "", rank), rtol, atol)
 
 
 def assert_state(
@@ -231,34 +244,29 @@ def assert_state(
         assert_state(run, "fc.weight", "momentum_buffer", [[-10.0, -20.0]], step=1)
     """
     __tracebackhide__ = True
-    _assert_tensor(trace, "state", name, expected, step, 0, key, rank, rtol, atol)
+    _assert_tensor(trace, "state", name, expected, _Row(step, 0, key, rank), rtol, atol)
+
+
+class _Row(NamedTuple):
+    """Which row of a kind and name an assertion is about."""
+
+    step: int
+    call: int
+    part: str
+    rank: int
+    evaluation: bool = False  # the rows recorded without gradients (torch.no_grad, inference_mode)
 
 
 def _assert_tensor(
-    trace: Any,
-    kind: str,
-    name: str,
-    expected: Any,
-    step: int,
-    call: int,
-    part: str,
-    rank: int,
-    rtol: float | None,
-    atol: float | None,
+    trace: Any, kind: str, name: str, expected: Any, at: _Row, rtol: float | None, atol: float | None
 ) -> None:
     __tracebackhide__ = True
     import torch
 
-    wanted = _expected_tensor(expected)
-    rows = frame(trace, kind=kind, name=name, step=step, columns=_ROW_COLUMNS)
-    rows = rows[
-        (rows["name"] == name) & (rows["call"] == call) & (rows["part"] == part) & (rows["rank"] == rank)
-    ]
-    what = _what(kind, name, step, call, part, rank)
-    if rows.empty:
-        raise AssertionError(_missing(trace, kind, name, step, call, part, rank))
-    row = rows.iloc[0]
+    row, at = _the_row(trace, kind, name, at)
+    what = _what(kind, name, at)
     shape = tuple(int(s) for s in row["shape"])
+    wanted = _expected_tensor(expected)
     if tuple(wanted.shape) != shape:
         raise AssertionError(
             f"{what}: shape mismatch: traced shape {shape}, expected shape {tuple(wanted.shape)}"
@@ -266,60 +274,109 @@ def _assert_tensor(
     values = row["values"]
     if values is None or (isinstance(values, float) and np.isnan(values)):
         raise AssertionError(_not_stored(trace, what, row))
-    dtype = _param_dtype(trace, name, step, rank) if kind == "update" else row["dtype"]
-    rt, at = tolerances(dtype, rtol=rtol, atol=atol)
-    actual = torch.tensor(np.asarray(values, dtype=np.float64)).reshape(shape)
+    dtype = _param_dtype(trace, name, at.step, at.rank) if kind == "update" else row["dtype"]
+    tol = tolerances(dtype, rtol=rtol, atol=atol)
+    actual = torch.from_numpy(np.array(values)).reshape(shape)  # float64, or complex128
+    if actual.is_complex() or wanted.is_complex():  # compared as complex numbers
+        actual, wanted = actual.to(torch.complex128), wanted.to(torch.complex128)
     try:
-        torch.testing.assert_close(actual, wanted, rtol=rt, atol=at)
+        torch.testing.assert_close(actual, wanted, rtol=tol[0], atol=tol[1])
     except AssertionError as exc:
-        body = str(exc).split("\n\n", 1)[-1].splitlines()
-        bad = np.flatnonzero(~_isclose(actual, wanted, rt, at))
-        if bad.size:
-            flat = int(bad[0])
-            first = (
-                f"First mismatch at index {flat_to_index(flat, shape)}: traced "
-                f"{float(actual.flatten()[flat])!r}, expected {float(wanted.flatten()[flat])!r}"
-            )
-            if body and body[0].startswith("Mismatched"):
-                body.insert(1, first)
-            else:  # a 0-d tensor: torch says "Expected x but got y."; say it as for tensors
-                body[:1] = ["Mismatched elements: 1 / 1 (100.0%)", first]
-        lines = [
-            f"{what} is not close to expected!",
-            "",
-            *body,
-            f"Traced dtype {dtype}: rtol={rt:.3g}, atol={at:.3g}; trace: {_label(trace)}",
-        ]
-        raise AssertionError("\n".join(lines)) from None
+        raise AssertionError(_mismatch(exc, actual, wanted, shape, tol, what, dtype, trace)) from None
 
 
-def _isclose(actual: "torch.Tensor", expected: "torch.Tensor", rtol: float, atol: float) -> np.ndarray:
+def _the_row(trace: Any, kind: str, name: str, at: _Row) -> tuple[Any, _Row]:
+    """The row asserted on, and ``at`` saying whether it is an evaluation row; or AssertionError."""
+    rows = frame(trace, kind=kind, name=name, step=at.step, columns=_ROW_COLUMNS)
+    same = (rows["name"] == name) & (rows["call"] == at.call) & (rows["part"] == at.part) & (rows["rank"] == at.rank)
+    rows, at = _of_mode(trace, kind, name, rows[same], at)
+    if rows.empty:
+        raise AssertionError(_missing(trace, kind, name, at))
+    return rows.iloc[0], at
+
+
+def _of_mode(trace: Any, kind: str, name: str, rows: Any, at: _Row) -> tuple[Any, _Row]:
+    """The training rows among ``rows``, or the evaluation ones when asked or when they are all
+    the trace has of ``name`` (an inference-only trace); ``at`` says which were taken."""
+    evaluation = _is_evaluation(rows)
+    if at.evaluation:
+        return rows[evaluation], at
+    if evaluation.any() and evaluation.all() and not _has_training_rows(trace, kind, name):
+        return rows, at._replace(evaluation=True)
+    return rows[~evaluation], at
+
+
+def _is_evaluation(rows: Any) -> np.ndarray:
+    """Per row: recorded without gradients (``grad_enabled`` false; null counts as training)."""
+    return rows["grad_enabled"].eq(False).fillna(False).to_numpy(dtype=bool)
+
+
+def _has_training_rows(trace: Any, kind: str, name: str) -> bool:
+    rows = frame(trace, kind=kind, name=name, columns=["name", "grad_enabled"])
+    return bool((~_is_evaluation(rows[rows["name"] == name])).any())
+
+
+def _mismatch(
+    exc: AssertionError,
+    actual: torch.Tensor,
+    wanted: torch.Tensor,
+    shape: tuple[int, ...],
+    tol: tuple[float, float],
+    what: str,
+    dtype: str,
+    trace: Any,
+) -> str:
+    """The message of a failed comparison: torch's, with the first mismatching index added."""
+    body = str(exc).split("\n\n", 1)[-1].splitlines()
+    bad = np.flatnonzero(~_isclose(actual, wanted, *tol))
+    if bad.size:
+        flat = int(bad[0])
+        first = (
+            f"First mismatch at index {flat_to_index(flat, shape)}: traced "
+            f"{actual.flatten()[flat].item()!r}, expected {wanted.flatten()[flat].item()!r}"
+        )
+        if body and body[0].startswith("Mismatched"):
+            body.insert(1, first)
+        else:  # a 0-d tensor: torch says "Expected x but got y."; say it as for tensors
+            body[:1] = ["Mismatched elements: 1 / 1 (100.0%)", first]
+    lines = [
+        f"{what} is not close to expected!",
+        "",
+        *body,
+        f"Traced dtype {dtype}: rtol={tol[0]:.3g}, atol={tol[1]:.3g}; trace: {_label(trace)}",
+    ]
+    return "\n".join(lines)
+
+
+def _isclose(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> np.ndarray:
     import torch
 
     return torch.isclose(actual, expected, rtol=rtol, atol=atol).flatten().numpy()
 
 
-def _expected_tensor(expected: Any) -> "torch.Tensor":
-    """``expected`` as a float64 CPU tensor, without rounding it through float32 first."""
+def _expected_tensor(expected: Any) -> torch.Tensor:
+    """``expected`` as a float64 (or complex128) CPU tensor, without rounding it through float32 first."""
     import torch
 
     if isinstance(expected, torch.Tensor):
-        if expected.is_complex():
-            raise TypeError(f"expected must be real; traces store real values (got {expected.dtype})")
-        return expected.detach().to("cpu", torch.float64)
-    return torch.tensor(np.asarray(expected, dtype=np.float64))
+        wide = torch.complex128 if expected.is_complex() else torch.float64
+        return expected.detach().to("cpu", wide)
+    array = np.asarray(expected)
+    return torch.from_numpy(np.array(array, dtype=np.complex128 if np.iscomplexobj(array) else np.float64))
 
 
-def _what(kind: str, name: str, step: int, call: int, part: str, rank: int) -> str:
+def _what(kind: str, name: str, at: _Row) -> str:
     """``"grad 'fc.weight' at step 0, call 0"``: how messages name the tensor asserted on."""
-    text = f"loss at step {step}" if (kind, name) == ("loss", "loss") else f"{kind} {name!r} at step {step}"
-    text += f", call {call}"
+    text = f"loss at step {at.step}" if (kind, name) == ("loss", "loss") else f"{kind} {name!r} at step {at.step}"
+    text += f", call {at.call}"
     if kind == "state":
-        text += f", key {part!r}"
-    elif part:
-        text += f", part {part!r}"
-    if rank:
-        text += f", rank {rank}"
+        text += f", key {at.part!r}"
+    elif at.part:
+        text += f", part {at.part!r}"
+    if at.rank:
+        text += f", rank {at.rank}"
+    if at.evaluation:
+        text += " (evaluation: recorded without gradients)"
     return text
 
 
@@ -342,15 +399,11 @@ def _param_dtype(trace: Any, name: str, step: int, rank: int) -> str:
 
 
 def _not_stored(trace: Any, what: str, row: Any) -> str:
-    numel, dtype = int(row["numel"]), str(row["dtype"])
-    if dtype.startswith("complex"):
-        reason = f"complex values ({dtype}) are stored as statistics of |z| only"
-        fix = "assert on a real view instead, e.g. torch.view_as_real in the model"
-    else:
-        limit = _max_values(trace)
-        limit_text = f"the trace's max_values={limit}" if limit is not None else "the trace's max_values"
-        reason = f"its {numel} elements are more than {limit_text}, so only statistics were kept"
-        fix = f"trace with tracer.trace(..., max_values=None) or a max_values of at least {numel}"
+    numel = int(row["numel"])
+    limit = _max_values(trace)
+    limit_text = f"the trace's max_values={limit}" if limit is not None else "the trace's max_values"
+    reason = f"its {numel} elements are more than {limit_text}, so only statistics were kept"
+    fix = f"trace with tracer.trace(..., max_values=None) or a max_values of at least {numel}"
     return f"{what} has no stored values: {reason}. To assert on its values, {fix}."
 
 
@@ -363,16 +416,15 @@ def _max_values(trace: Any) -> int | None:
     from tracer._reader import read_meta
 
     try:
-        value = read_meta(trace_path(trace)).get("options", {}).get("max_values")
+        return read_meta(trace_path(trace)).get("options", {}).get("max_values")
     except (OSError, ValueError):
         return None
-    return value if isinstance(value, int) else None
 
 
-def _missing(trace: Any, kind: str, name: str, step: int, call: int, part: str, rank: int) -> str:
+def _missing(trace: Any, kind: str, name: str, at: _Row) -> str:
     """Why no row matched, saying what the trace holds instead (closest names first)."""
-    what = _what(kind, name, step, call, part, rank)
-    rows = frame(trace, kind=kind, columns=["step", "rank", "kind", "name", "call", "part"])
+    what = _what(kind, name, at)
+    rows = frame(trace, kind=kind, columns=["step", "rank", "kind", "name", "call", "part", "grad_enabled"])
     if rows.empty:
         kinds = frame(trace, columns=["kind"])["kind"].unique()
         held = ", ".join(k for k in kinds) or "none"
@@ -386,20 +438,45 @@ def _missing(trace: Any, kind: str, name: str, step: int, call: int, part: str, 
             _closest(name, names), quote=True
         )
     rows = rows[rows["name"] == name]
-    ranks = sorted(set(int(r) for r in rows["rank"]))
-    if rank not in ranks:
+    evaluation = _is_evaluation(rows)
+    if at.evaluation and not evaluation.any():
+        return (
+            f"no {what}: {kind} {name!r} has no evaluation rows (forward passes under torch.no_grad() "
+            "or inference_mode); pass evaluation=False for its training rows"
+        )
+    other = rows[~evaluation] if at.evaluation else rows[evaluation]
+    rows = rows[evaluation] if at.evaluation else rows[~evaluation]
+    return _missing_in(rows, kind, name, at, what) + _other_mode_hint(other, at)
+
+
+def _missing_in(rows: Any, kind: str, name: str, at: _Row, what: str) -> str:
+    """Which of rank, step, call or part of ``at`` is not among ``rows`` (those of ``name``)."""
+    ranks = sorted({int(r) for r in rows["rank"]})
+    if at.rank not in ranks:
         return f"no {what}: {kind} {name!r} is traced on ranks {_listed(ranks)}"
-    rows = rows[rows["rank"] == rank]
-    steps = sorted(set(int(s) for s in rows["step"]))
-    if step not in steps:
+    rows = rows[rows["rank"] == at.rank]
+    steps = sorted({int(s) for s in rows["step"]})
+    if at.step not in steps:
         return f"no {what}: {kind} {name!r} is traced at steps {_listed(steps)}"
-    rows = rows[rows["step"] == step]
-    calls = sorted(set(int(c) for c in rows["call"]))
-    if call not in calls:
-        return f"no {what}: {kind} {name!r} at step {step} has calls {_listed(calls)}"
-    parts = list(dict.fromkeys(rows.loc[rows["call"] == call, "part"]))
+    rows = rows[rows["step"] == at.step]
+    calls = sorted({int(c) for c in rows["call"]})
+    if at.call not in calls:
+        return f"no {what}: {kind} {name!r} at step {at.step} has calls {_listed(calls)}"
+    parts = list(dict.fromkeys(rows.loc[rows["call"] == at.call, "part"]))
     label = "state keys" if kind == "state" else "parts"
-    return f"no {what}: its {label} are (closest first): " + _listed(_closest(part, parts), quote=True)
+    return f"no {what}: its {label} are (closest first): " + _listed(_closest(at.part, parts), quote=True)
+
+
+def _other_mode_hint(other: Any, at: _Row) -> str:
+    """``; an evaluation row matches: pass evaluation=True`` when the other mode has the row."""
+    match = other[
+        (other["rank"] == at.rank) & (other["step"] == at.step) & (other["call"] == at.call) & (other["part"] == at.part)
+    ]
+    if match.empty:
+        return ""
+    if at.evaluation:
+        return "; a training row matches: pass evaluation=False"
+    return "; an evaluation row (recorded without gradients) matches: pass evaluation=True"
 
 
 def _closest(name: str, names: list[str]) -> list[str]:
@@ -474,9 +551,10 @@ def assert_updates_follow_rule(
     if optimizers is not None:
         options["optimizers"] = tuple(optimizers)
     table = report(trace, **options).to_frame()
-    if table.empty:
+    if table["optimizer"].isna().all():
+        outside = f" (its {len(table)} traced updates were made outside torch.optim)" if len(table) else ""
         raise AssertionError(
-            f"no updates to check in {_label(trace)}: trace an optimizer with capture including "
+            f"no updates to check in {_label(trace)}{outside}: trace an optimizer with capture including "
             "'grad', 'param' and 'update'"
         )
     params = _param_info(trace)
@@ -521,7 +599,7 @@ def _rule_problem(
     atol: float | None,
 ) -> str | None:
     """None when the row's update follows its rule, else one line (or two) saying why not."""
-    where = f"step {int(row['step'])}, {row['name']!r} ({row.get('optimizer')}"
+    where = f"step {int(row['step'])}, {row['name']!r} ({row.get('optimizer') or 'no optimizer'}"
     check = row.get("check")
     where += f", checked by {check})" if isinstance(check, str) else ")"
     matches = row.get("matches")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 from tracer._errors import TracerError
 
@@ -40,13 +40,11 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
 
 def check_options(path: Any, options: dict[str, Any]) -> dict[str, Any]:
     """``tracer.trace``'s keyword arguments, checked now rather than when training starts."""
-    import torch
-
-    import tracer
+    from tracer._session import check_options as check_trace_options
 
     if "model" in options or "optimizer" in options:
         raise TypeError("the callback traces the trainer's model and optimizers: pass neither")
-    tracer.trace(torch.nn.Module(), None, path=path, **options)  # raises on a bad option; opens nothing
+    check_trace_options(path=path, **options)  # raises on a bad option
     return dict(options, path=path)
 
 
@@ -56,43 +54,7 @@ def check_validation(validation: Any) -> str:
     return validation
 
 
-# -- pausing and separate call counters ----------------------------------------------------
-# tracer.Run has no public pause yet: these reach into the run's private recorder. They are
-# kept here, in one place, so that a public API can replace them in one edit.
-
-
-@contextlib.contextmanager
-def paused(run: Any) -> Iterator[None]:
-    """No rows while the block runs: tracer's hooks are taken off and put back; the step is kept."""
-    run._uninstall()
-    try:
-        yield
-    finally:
-        from tracer._session import _traced_modules
-
-        _traced_modules.add(run._model)
-        run._install()
-
-
-@contextlib.contextmanager
-def separate_calls(run: Any) -> Iterator[None]:
-    """Rows recorded in the block count their ``call`` from 0, and the step's own counts resume after.
-
-    Validation batches run between two optimizer steps; without this the first training
-    forward of the next step would be ``call`` k (after k validation batches) while its loss
-    is ``call`` 0.
-    """
-    recorder = run._recorder
-    saved_calls, saved_backward = dict(recorder._calls), recorder._backward_calls
-    recorder._calls.clear()
-    recorder._backward_calls = 0
-    try:
-        yield
-    finally:
-        recorder._calls.clear()
-        recorder._calls.update(saved_calls)
-        recorder._backward_calls = saved_backward
-
-
 def validation_context(run: Any, validation: str) -> contextlib.AbstractContextManager[None]:
-    return paused(run) if validation == "skip" else separate_calls(run)
+    """What a callback wraps validation batches in: nothing to do to record them (evaluation
+    forwards number their calls apart from training ones), ``run.paused()`` to skip them."""
+    return run.paused() if validation == "skip" else contextlib.nullcontext()
