@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import tracer
-from tracer.diagnose import Findings, diagnose
+from tracer import Findings, diagnose
 
 
 def main(path: Path) -> Findings:

@@ -28,8 +28,8 @@ from torch import nn
 
 import tracer
 from tracer import _plots
-from tracer.diagnose import diagnose
-from tracer.diagnose import html_section as findings_section
+from tracer._diagnose import diagnose
+from tracer._diagnose import html_section as findings_section
 
 pytest.importorskip("matplotlib", reason="the plots need matplotlib (the 'plots' extra)")
 Image = pytest.importorskip("PIL.Image", reason="reading the screenshot needs Pillow (a matplotlib dependency)")

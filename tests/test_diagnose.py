@@ -16,7 +16,7 @@ from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
-from tracer.diagnose import CODES, Finding, Findings, Thresholds, diagnose, html_section
+from tracer._diagnose import CODES, Finding, Findings, Thresholds, diagnose, html_section
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

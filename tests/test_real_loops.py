@@ -9,6 +9,7 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -135,6 +136,29 @@ def test_checkpoint_recompute_is_not_recorded_twice(tmp_path, reentrant):
     assert [0] == sorted(set(acts[acts.name == "inner.0"].call))
     assert 1 == len(acts[acts.name == "inner.0"])
     assert {"inner.0.weight", "head.weight"} <= set(df[df.kind == "update"].name)
+
+
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo's own
+def test_a_model_compiled_inside_the_block_is_traced_as_eager(tmp_path):
+    def run(compiled: bool, path):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        x = torch.randn(2, 3)
+        with tracer.trace(model, opt, path=path):
+            target = torch.compile(model, backend="aot_eager") if compiled else model
+            for _ in range(2):
+                opt.zero_grad()
+                target(x).sum().backward()
+                opt.step()
+        cols = ["step", "kind", "name", "call", "part"]
+        return tracer.load(path).sort_values(cols).reset_index(drop=True)
+
+    eager, compiled = run(False, tmp_path / "e"), run(True, tmp_path / "c")
+    cols = ["step", "kind", "name", "call", "part"]
+    assert eager[cols].equals(compiled[cols])
+    for a, b in zip(eager["values"], compiled["values"]):
+        assert np.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")  # dynamo's own

@@ -169,7 +169,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tracer.report import report
+    from tracer._report import report
 
     path = _trace_dir(args.path)
     result = report(path, step=args.step, name=args.name)
@@ -255,7 +255,7 @@ def _add_diagnose(commands: argparse._SubParsersAction) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from tracer.diagnose import Thresholds, diagnose
+    from tracer._diagnose import Thresholds, diagnose
 
     thresholds = Thresholds.parse(args.threshold)  # a bad NAME=VALUE: ValueError, exit 2
     findings = diagnose(_trace_dir(args.path), thresholds=thresholds)

@@ -58,6 +58,9 @@ def load(
     Raises:
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
     """
+    from tracer._trace import check_kinds
+
+    check_kinds(kind)  # an unknown kind is an error, not an empty frame
     path = trace_path(trace)
     read = read_trace(path, kind=kind, name=name, step=step, columns=columns, errors=errors)
     return to_frame(read.table, read.order, read.complex_rows)

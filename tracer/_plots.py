@@ -172,7 +172,7 @@ def histogram_plot(trace: Any, *, kind: str, name: str, step: int, call: int = 0
         ValueError: no such tensor in the trace, or its values were not stored (it has
             more elements than ``max_values``).
     """
-    from tracer.diagnose import _read
+    from tracer._diagnose import _read
 
     rows = _read(trace, [kind], ["step", "name", "call", "part", "numel", "values"], step=step, name=name)
     rows = rows[(rows["name"] == name) & (rows["call"] == call) & (rows["part"] == part)]
@@ -266,7 +266,7 @@ def _default_histogram(trace: Any, df: pd.DataFrame) -> dict[str, Any] | None:
     if grads.empty:
         return None
     last = int(grads["step"].max())
-    from tracer.diagnose import _read
+    from tracer._diagnose import _read
 
     rows = _read(trace, ["grad"], ["step", "name", "numel", "values"], step=last)
     if rows.empty or "values" not in rows.columns:
@@ -283,7 +283,7 @@ def _default_histogram(trace: Any, df: pd.DataFrame) -> dict[str, Any] | None:
 
 def _frame(trace: Any, kinds: Sequence[str] | None) -> pd.DataFrame:
     """Statistics (never values) of ``trace``'s rows of these kinds, lead rank only."""
-    from tracer.diagnose import _read
+    from tracer._diagnose import _read
 
     if isinstance(trace, pd.DataFrame) and kinds is not None:
         df = trace[trace["kind"].isin(list(kinds))]

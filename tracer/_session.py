@@ -331,7 +331,7 @@ class Run:
 
     def report(self, **options: Any) -> Any:
         """``tracer.report(run, ...)``."""
-        from tracer.report import report
+        from tracer._report import report
 
         self.flush()
         return report(self.path, **options)

@@ -545,7 +545,7 @@ def assert_updates_follow_rule(
         step, name: check only this step / the parameters matching this glob.
     """
     __tracebackhide__ = True
-    from tracer.report import report
+    from tracer._report import report
 
     options: dict[str, Any] = {"step": step, "name": name}
     if optimizers is not None:

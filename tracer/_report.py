@@ -210,7 +210,7 @@ class Report:
         if self.trace is None:
             return []
         from tracer import _plots
-        from tracer.diagnose import diagnose, html_section
+        from tracer._diagnose import diagnose, html_section
 
         blocks: list[Block] = [Raw(html_section(diagnose(self.trace)))]
         blocks.append(Raw(_plots.html_section(self.trace)))
