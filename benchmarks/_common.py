@@ -55,8 +55,13 @@ def w1() -> Workload:
     model = mlp(1024, 4)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x, y = torch.randn(64, 1024), torch.randn(64, 1024)
-    return Workload("W1", "MLP 4×Linear(1024,1024)+ReLU, b64, SGD+momentum, MSE", model, opt,
-                    _loop(model, opt, torch.nn.functional.mse_loss, x, y))
+    return Workload(
+        "W1",
+        "MLP 4×Linear(1024,1024)+ReLU, b64, SGD+momentum, MSE",
+        model,
+        opt,
+        _loop(model, opt, torch.nn.functional.mse_loss, x, y),
+    )
 
 
 def w2() -> Workload:
@@ -73,8 +78,13 @@ def w2() -> Workload:
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
-    return Workload("W2", "CNN 2×conv+linear, 32×32×3, b32, Adam, cross-entropy", model, opt,
-                    _loop(model, opt, torch.nn.functional.cross_entropy, x, y))
+    return Workload(
+        "W2",
+        "CNN 2×conv+linear, 32×32×3, b32, Adam, cross-entropy",
+        model,
+        opt,
+        _loop(model, opt, torch.nn.functional.cross_entropy, x, y),
+    )
 
 
 def w3() -> Workload:
@@ -82,8 +92,13 @@ def w3() -> Workload:
     model = torch.nn.TransformerEncoderLayer(256, 4, dim_feedforward=1024, batch_first=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(16, 64, 256), torch.randn(16, 64, 256)
-    return Workload("W3", "TransformerEncoderLayer(256, 4 heads, ff 1024), seq 64, b16, AdamW, MSE",
-                    model, opt, _loop(model, opt, torch.nn.functional.mse_loss, x, y))
+    return Workload(
+        "W3",
+        "TransformerEncoderLayer(256, 4 heads, ff 1024), seq 64, b16, AdamW, MSE",
+        model,
+        opt,
+        _loop(model, opt, torch.nn.functional.mse_loss, x, y),
+    )
 
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {"W1": w1, "W2": w2, "W3": w3}
@@ -112,8 +127,18 @@ def dir_parquet_bytes(path: Path) -> int:
 
 
 _ITEMSIZE = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-    "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+    "float64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "int64": 8,
+    "int32": 4,
+    "int16": 2,
+    "int8": 1,
+    "uint8": 1,
+    "bool": 1,
+    "complex64": 8,
+    "complex128": 16,
 }
 
 
@@ -179,7 +204,8 @@ def header(title: str) -> str:
         f"## {title}\n\n{stamp} · {machine()} · torch {torch.__version__} "
         f"({torch.get_num_threads()} threads) · pyarrow {pyarrow.__version__} · "
         f"Python {platform.python_version()} · load average at the end {load}"
-        + (f" · {' '.join(env)}" if env else "") + "\n"
+        + (f" · {' '.join(env)}" if env else "")
+        + "\n"
     )
 
 

@@ -127,10 +127,16 @@ def bench(path: Path, info: dict[str, Any], repeats: int) -> dict[str, Any]:
         ('tracer.load(path, kind="grad")', lambda: tracer.load(path, kind="grad"), {"kind": "grad"}),
         (f'tracer.load(path, name="{name}")', lambda: tracer.load(path, name=name), {"name": name}),
         ('tracer.load(path, kind="loss")', lambda: tracer.load(path, kind="loss"), {"kind": "loss"}),
-        (f'tracer.load(path, kind="grad", name="{name}", step={k})',
-         lambda: tracer.load(path, kind="grad", name=name, step=k), {"kind": "grad", "name": name, "step": k}),
-        ("tracer.load(path, columns=[step, kind, name, norm])",
-         lambda: tracer.load(path, columns=["step", "kind", "name", "norm"]), None),
+        (
+            f'tracer.load(path, kind="grad", name="{name}", step={k})',
+            lambda: tracer.load(path, kind="grad", name=name, step=k),
+            {"kind": "grad", "name": name, "step": k},
+        ),
+        (
+            "tracer.load(path, columns=[step, kind, name, norm])",
+            lambda: tracer.load(path, columns=["step", "kind", "name", "norm"]),
+            None,
+        ),
     ]
     index = tracer.load(path, columns=["step", "kind", "name", "numel"])
     total = index["numel"].sum()
@@ -159,20 +165,48 @@ def report(info: dict[str, Any], res: dict[str, Any], args: argparse.Namespace) 
     rows = []
     for q, r in res.items():
         share = f"{r['share'] * 100:.1f} %" if "share" in r else "–"
-        rows.append([f"`{q}`", r["rows"], f"{r['seconds'] * 1e3:.0f}",
-                     f"{r['seconds'] / full['seconds'] * 100:.1f} %", share, f"{r['read'] / 1e6:.0f}",
-                     f"{info['bytes'] / r['seconds'] / 1e6:.0f}"])
-    out.append(c.table(["query", "rows", "ms", "% of full load", "answer's share of the values",
-                        "MB read", "throughput, trace MB/s"], rows))
+        rows.append(
+            [
+                f"`{q}`",
+                r["rows"],
+                f"{r['seconds'] * 1e3:.0f}",
+                f"{r['seconds'] / full['seconds'] * 100:.1f} %",
+                share,
+                f"{r['read'] / 1e6:.0f}",
+                f"{info['bytes'] / r['seconds'] / 1e6:.0f}",
+            ]
+        )
+    out.append(
+        c.table(
+            [
+                "query",
+                "rows",
+                "ms",
+                "% of full load",
+                "answer's share of the values",
+                "MB read",
+                "throughput, trace MB/s",
+            ],
+            rows,
+        )
+    )
     out.append("")
     verdicts = []
     for q, r in res.items():
         if q.startswith("tracer.load(path, ") and "columns" not in q:
-            verdicts.append([f"6. `{q}` ≤ 5 % of a full load",
-                             c.verdict(r["seconds"] / full["seconds"] * 100, FILTERED_LIMIT * 100, "{:.1f} %")])
+            verdicts.append(
+                [
+                    f"6. `{q}` ≤ 5 % of a full load",
+                    c.verdict(r["seconds"] / full["seconds"] * 100, FILTERED_LIMIT * 100, "{:.1f} %"),
+                ]
+            )
     ratio = arrow["seconds"] / full["seconds"]
-    verdicts.append(["6. full load throughput ≥ 50 % of `pyarrow.parquet.read_table`",
-                     f"{'met' if ratio >= THROUGHPUT_LIMIT else '**NOT met**'} ({ratio * 100:.0f} %)"])
+    verdicts.append(
+        [
+            "6. full load throughput ≥ 50 % of `pyarrow.parquet.read_table`",
+            f"{'met' if ratio >= THROUGHPUT_LIMIT else '**NOT met**'} ({ratio * 100:.0f} %)",
+        ]
+    )
     out.append(c.table(["target", "result"], verdicts))
     return "\n".join(out)
 

@@ -108,7 +108,7 @@ def report(base: dict[str, Any], traced: dict[str, Any], growth_from: int, quick
     excess = traced["peak"] - base["peak"]
     # growth: median RSS over the second half of steps growth_from..steps against the median
     # over the first half; single readings swing by a writer batch, the peak is checked above
-    window = traced["rss"][growth_from - 1:]
+    window = traced["rss"][growth_from - 1 :]
     half = max(len(window) // 2, 1)
     growth = c.median(window[half:] or window) - c.median(window[:half])
     checkpoints = sorted(k for k in {1, 10, growth_from, steps // 2, steps} if 1 <= k <= steps)
@@ -121,18 +121,30 @@ def report(base: dict[str, Any], traced: dict[str, Any], growth_from: int, quick
     )
     rows = []
     for run in (base, traced):
-        rows.append([run["mode"], c.mb(run["start_rss"])]
-                    + [c.mb(run["rss"][k - 1]) for k in checkpoints] + [c.mb(run["peak"])])
+        rows.append(
+            [run["mode"], c.mb(run["start_rss"])] + [c.mb(run["rss"][k - 1]) for k in checkpoints] + [c.mb(run["peak"])]
+        )
     out.append(c.table(["run", "before loop"] + [f"step {k}" for k in checkpoints] + ["peak"], rows))
     out.append("")
-    out.append(c.table(["target", "result"], [
-        [f"4. peak excess over untraced ≤ {QUEUE_FACTOR} × captured bytes/step",
-         c.verdict(excess / 1e6, bound / 1e6, "{:.0f} MB")],
-        [f"4. no RSS growth from step {growth_from} to {steps}",
-         (f"{'met' if growth <= GROWTH_TOLERANCE * bound else '**NOT met**'} "
-          f"({growth / 1e6:+.1f} MB: median RSS of steps {growth_from + half}–{steps} − median of "
-          f"steps {growth_from}–{growth_from + half - 1})")],
-    ]))
+    out.append(
+        c.table(
+            ["target", "result"],
+            [
+                [
+                    f"4. peak excess over untraced ≤ {QUEUE_FACTOR} × captured bytes/step",
+                    c.verdict(excess / 1e6, bound / 1e6, "{:.0f} MB"),
+                ],
+                [
+                    f"4. no RSS growth from step {growth_from} to {steps}",
+                    (
+                        f"{'met' if growth <= GROWTH_TOLERANCE * bound else '**NOT met**'} "
+                        f"({growth / 1e6:+.1f} MB: median RSS of steps {growth_from + half}–{steps} − median of "
+                        f"steps {growth_from}–{growth_from + half - 1})"
+                    ),
+                ],
+            ],
+        )
+    )
     return "\n".join(out)
 
 

@@ -44,8 +44,17 @@ def accuracy() -> list[list[str]]:
     rows = []
     for label, t in cases.items():
         ref64 = t.double()
-        ref = torch.tensor([ref64.mean(), ref64.std(correction=0), ref64.min(), ref64.max(),
-                            torch.linalg.vector_norm(ref64), (~torch.isfinite(ref64)).sum()], dtype=torch.float64)
+        ref = torch.tensor(
+            [
+                ref64.mean(),
+                ref64.std(correction=0),
+                ref64.min(),
+                ref64.max(),
+                torch.linalg.vector_norm(ref64),
+                (~torch.isfinite(ref64)).sum(),
+            ],
+            dtype=torch.float64,
+        )
         row = [label]
         g, r = _stats(t).tolist(), ref.tolist()
         if not all(map(math.isfinite, r)):
@@ -98,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     print(c.header("Micro-benchmarks (benchmarks/micro.py" + (" --quick)" if args.quick else ")")))
     print(c.table(["piece", "min ms", "median ms"], rows))
     print()
-    print(c.table(["input", "max rel. error of _stats (mean, std, norm; mean relative to max(abs(mean), std))"], accuracy()))
+    print(
+        c.table(
+            ["input", "max rel. error of _stats (mean, std, norm; mean relative to max(abs(mean), std))"], accuracy()
+        )
+    )
     return 0
 
 

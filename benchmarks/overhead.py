@@ -70,8 +70,13 @@ def run_block(w: c.Workload, mode: str, steps: int, tmp: Path, n: int) -> dict[s
         with tracer.trace(w.model, w.optimizer, path=path, max_values=max_values):
             times, cpu = c.timed_steps(w.step, steps, cpu=True)
     skip = 1 if steps >= 3 else 0
-    block = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - p0, "steps": steps,
-             "times": times[skip:], "cpu_times": cpu[skip:]}
+    block = {
+        "wall": time.perf_counter() - t0,
+        "cpu": time.process_time() - p0,
+        "steps": steps,
+        "times": times[skip:],
+        "cpu_times": cpu[skip:],
+    }
     if mode != "untraced":
         block["sizes"] = trace_sizes(path, max_values)
         shutil.rmtree(path)
@@ -94,13 +99,12 @@ def bench_workload(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
     before = run_block(w, "untraced", args.steps, tmp, 0)
     blocks["untraced"].append(before)
     for r in range(args.rounds):
-        for mode in traced[r % len(traced):] + traced[: r % len(traced)]:
+        for mode in traced[r % len(traced) :] + traced[: r % len(traced)]:
             steps = args.full_steps if mode == "full" else args.steps
             block = run_block(w, mode, steps, tmp, r)
             blocks[mode].append(block)
             if mode == "full":  # the raw write rate, under the same machine load
-                rates.append(c.parquet_write_rate(int(block["sizes"]["raw"] / block["sizes"]["steps"]),
-                                                  tmp, repeats=1))
+                rates.append(c.parquet_write_rate(int(block["sizes"]["raw"] / block["sizes"]["steps"]), tmp, repeats=1))
             gc.collect()
             c.timed_steps(w.step, args.settle)  # untimed: let the traced block's after-effects pass
             after = run_block(w, "untraced", args.steps, tmp, r)
@@ -109,9 +113,11 @@ def bench_workload(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             ref_cpu = (c.median(before["cpu_times"]) + c.median(after["cpu_times"])) / 2
             ratios[mode].append(c.median(block["times"]) / ref)
             cpu_ratios[mode].append(c.median(block["cpu_times"]) / ref_cpu)
-            print(f"  {name} round {r} {mode}: {c.median(block['times']) * 1e3:.1f} ms/step, "
-                  f"untraced around it {ref * 1e3:.1f} ms/step, ratio {ratios[mode][-1]:.2f}",
-                  file=sys.stderr)
+            print(
+                f"  {name} round {r} {mode}: {c.median(block['times']) * 1e3:.1f} ms/step, "
+                f"untraced around it {ref * 1e3:.1f} ms/step, ratio {ratios[mode][-1]:.2f}",
+                file=sys.stderr,
+            )
             before = after
 
     result: dict[str, Any] = {"workload": name, "description": w.description, "modes": {}}
@@ -140,7 +146,8 @@ def bench_workload(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
         full = result["modes"]["full"]
         full["write_rate"] = c.median(rates)
         full["bound_s"] = FULL_FACTOR * (
-            result["modes"]["untraced"]["median_s"] + full["raw_per_step"] / full["write_rate"])
+            result["modes"]["untraced"]["median_s"] + full["raw_per_step"] / full["write_rate"]
+        )
     return result
 
 
@@ -174,18 +181,36 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     rows = []
     for r in results:
         full = r["modes"].get("full")
-        rows.append([
-            r["workload"], fmt_mode(r, "untraced"), fmt_mode(r, "default"), fmt_mode(r, "stats"),
-            fmt_mode(r, "full"),
-            f"{full['amortized_s'] * 1e3:.0f}" if full else "–",
-            f"{full['bound_s'] * 1e3:.0f}" if full and "bound_s" in full else "–",
-        ])
-    out.append(c.table(["workload", "untraced ms", "default ms (×)", "stats only ms (×)", "full ms (×)",
-                        "full, amortized ms", "full bound ms"], rows))
+        rows.append(
+            [
+                r["workload"],
+                fmt_mode(r, "untraced"),
+                fmt_mode(r, "default"),
+                fmt_mode(r, "stats"),
+                fmt_mode(r, "full"),
+                f"{full['amortized_s'] * 1e3:.0f}" if full else "–",
+                f"{full['bound_s'] * 1e3:.0f}" if full and "bound_s" in full else "–",
+            ]
+        )
+    out.append(
+        c.table(
+            [
+                "workload",
+                "untraced ms",
+                "default ms (×)",
+                "stats only ms (×)",
+                "full ms (×)",
+                "full, amortized ms",
+                "full bound ms",
+            ],
+            rows,
+        )
+    )
     out.append("")
     rows = [[r["workload"]] + [fmt_cpu(r, m) for m in MODES] for r in results]
-    out.append(c.table(["workload", "untraced CPU ms", "default CPU ms (×)", "stats only CPU ms (×)",
-                        "full CPU ms (×)"], rows))
+    out.append(
+        c.table(["workload", "untraced CPU ms", "default CPU ms (×)", "stats only CPU ms (×)", "full CPU ms (×)"], rows)
+    )
     out.append("")
     rows = []
     for r in results:
@@ -194,15 +219,33 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             if m is None:
                 continue
             d2r = m["disk_to_raw_values"]
-            rows.append([
-                r["workload"], mode, f"{m['rows_per_step']:.0f}", c.mb(m["raw_per_step"]),
-                f"{m['disk_per_step'] / 1e6:.3f}", f"{m['disk_per_row']:.0f}",
-                f"{d2r:.2f}" if d2r is not None else "–",
-                f"{m['write_rate'] / 1e6:.0f}" if "write_rate" in m else "–",
-            ])
-    out.append(c.table(
-        ["workload", "mode", "rows/step", "captured MB/step (raw tensor bytes)", "disk MB/step",
-         "disk B/row", "disk ÷ raw bytes of stored values", "raw Parquet write MB/s"], rows))
+            rows.append(
+                [
+                    r["workload"],
+                    mode,
+                    f"{m['rows_per_step']:.0f}",
+                    c.mb(m["raw_per_step"]),
+                    f"{m['disk_per_step'] / 1e6:.3f}",
+                    f"{m['disk_per_row']:.0f}",
+                    f"{d2r:.2f}" if d2r is not None else "–",
+                    f"{m['write_rate'] / 1e6:.0f}" if "write_rate" in m else "–",
+                ]
+            )
+    out.append(
+        c.table(
+            [
+                "workload",
+                "mode",
+                "rows/step",
+                "captured MB/step (raw tensor bytes)",
+                "disk MB/step",
+                "disk B/row",
+                "disk ÷ raw bytes of stored values",
+                "raw Parquet write MB/s",
+            ],
+            rows,
+        )
+    )
     out.append("")
     out.append(targets(results))
     return "\n".join(out)
@@ -219,14 +262,26 @@ def targets(results: list[dict[str, Any]]) -> str:
             rows.append([f"2. stats only, {w}", c.verdict(ms["stats"]["ratio"], TARGET_STATS[w], "{:.2f}×")])
         if "full" in ms and "bound_s" in ms["full"]:
             f = ms["full"]
-            rows.append([f"3. full capture, {w} (amortized ms/step vs bound)",
-                         c.verdict(f["amortized_s"] * 1e3, f["bound_s"] * 1e3, "{:.0f} ms")])
+            rows.append(
+                [
+                    f"3. full capture, {w} (amortized ms/step vs bound)",
+                    c.verdict(f["amortized_s"] * 1e3, f["bound_s"] * 1e3, "{:.0f} ms"),
+                ]
+            )
         if "stats" in ms:
-            rows.append([f"5. stats-only bytes per row, {w}",
-                         c.verdict(ms["stats"]["disk_per_row"], STATS_BYTES_PER_ROW, "{:.0f} B")])
+            rows.append(
+                [
+                    f"5. stats-only bytes per row, {w}",
+                    c.verdict(ms["stats"]["disk_per_row"], STATS_BYTES_PER_ROW, "{:.0f} B"),
+                ]
+            )
         if "full" in ms:
-            rows.append([f"5. full values on disk ÷ raw tensor bytes, {w}",
-                         c.verdict(ms["full"]["disk_to_raw_values"], FULL_DISK_TO_RAW, "{:.2f}×")])
+            rows.append(
+                [
+                    f"5. full values on disk ÷ raw tensor bytes, {w}",
+                    c.verdict(ms["full"]["disk_to_raw_values"], FULL_DISK_TO_RAW, "{:.2f}×"),
+                ]
+            )
     return c.table(["target", "result"], rows)
 
 
@@ -237,10 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 6; quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="steps per block (default 12; quick 2)")
-    parser.add_argument("--full-steps", type=int, default=None,
-                        help="steps per full-capture block (default 6; quick 1)")
+    parser.add_argument(
+        "--full-steps", type=int, default=None, help="steps per full-capture block (default 6; quick 1)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untraced warm-up steps (default 10; quick 2)")
-    parser.add_argument("--settle", type=int, default=None, help="untimed steps after each traced block (default 2; quick 1)")
+    parser.add_argument(
+        "--settle", type=int, default=None, help="untimed steps after each traced block (default 2; quick 1)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown report here")
     args = parser.parse_args(argv)

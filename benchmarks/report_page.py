@@ -45,10 +45,12 @@ def open_in_chromium(page: Path, profile: Path) -> float | None:
              "--no-first-run", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]  # fmt: skip
     blank = page.with_name("blank.html")
     blank.write_text("<!DOCTYPE html><title>blank</title>")
+
     def timed(target: Path) -> float:
         start = time.perf_counter()
         subprocess.run([binary, *flags, "--dump-dom", target.as_uri()], capture_output=True, timeout=120, check=True)
         return time.perf_counter() - start
+
     timed(blank)  # warm the browser's own files
     base = min(timed(blank) for _ in range(2))
     return max(min(timed(page) for _ in range(2)) - base, 0.0)  # the page's share of the time

@@ -27,7 +27,9 @@ def worker(rank: int, world_size: int, init_file: str, path: str, accumulate: in
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)  # same initial weights on every rank
-        model = torch.nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).double())
+        model = torch.nn.parallel.DistributedDataParallel(
+            nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).double()
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         torch.manual_seed(100 + rank)  # different data on every rank
         with tracer.trace(model, opt, path=path, max_values=None, overwrite=True):

@@ -36,6 +36,11 @@ def worker(rank: int, world_size: int, init_file: str, out: str, rounds: int) ->
                     model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
                     opt.step()
             (Path(out) / f"path-{rank}-{len(os.listdir(out))}.txt").write_text(str(Path(run.path).resolve()))
+        # a directory per rank: nothing to coordinate, each rank prepares its own
+        with tracer.trace(model, opt, path=Path(out) / f"own{rank}"):
+            opt.zero_grad()
+            model(torch.randn(4, 3, dtype=torch.float64)).sum().backward()
+            opt.step()
         # the same path again without overwrite: every rank is refused, none hangs
         try:
             tracer.trace(model, opt, path=paths[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from _reference import make_reference, train_reference
 
 

@@ -1,8 +1,8 @@
 """The HTML report in a real browser: headless Chromium renders it, offline.
 
-The page is the report of a small trace with the findings and plots sections placed after
-its summary (unless ``Report.to_html`` already holds them: then it is used as it is). Chromium runs twice: once to dump the
-DOM (with a small probe script that records layout boxes and script errors), once for a
+The page is ``tracer.report(path).to_html()`` of a small trace: the summary, the findings,
+the plots, then every step, all of it from one HTML writer with one stylesheet. Chromium
+runs twice: once to dump the DOM (with a small probe script that records layout boxes and script errors), once for a
 screenshot tall enough to hold the whole page. The test checks that the page loaded
 without errors, that formulas and plots are visible (their screen regions are not blank),
 and that hostile module names are shown as text, never run.
@@ -27,9 +27,6 @@ import torch
 from torch import nn
 
 import tracer
-from tracer import _plots
-from tracer._diagnose import diagnose
-from tracer._diagnose import html_section as findings_section
 
 pytest.importorskip("matplotlib", reason="the plots need matplotlib (the 'plots' extra)")
 Image = pytest.importorskip("PIL.Image", reason="reading the screenshot needs Pillow (a matplotlib dependency)")
@@ -92,15 +89,10 @@ def hostile_model():
 
 
 def build_page(path: Path) -> str:
-    """The report page with the findings and plots sections after its summary."""
+    """The report page, with the probe scripts of this test added."""
     page = tracer.report(path).to_html()
-    sections = ""
-    if "tracer-findings" not in page:
-        sections += findings_section(diagnose(path))
-    if "tracer-plots" not in page:
-        sections += _plots.html_section(path)
-    summary_end = page.index("</p>", page.index("</h1>")) + len("</p>")
-    page = page[:summary_end] + sections + page[summary_end:]
+    assert 1 == page.count("<style")  # one stylesheet for the report, the findings and the plots
+    assert page.index("tracer-findings") < page.index("tracer-plots") < page.index("Step 0")
     return page.replace("<head>", "<head>" + _PROBE, 1).replace("</body>", _MEASURE + "</body>", 1)
 
 

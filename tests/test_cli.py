@@ -337,11 +337,61 @@ def test_python_m_tracer_bad_input(bad):
     ]
 
 
-@pytest.mark.skipif(
-    not (Path(sys.executable).parent / "tracer").exists(), reason="the console script is not installed"
-)
+@pytest.mark.skipif(not (Path(sys.executable).parent / "tracer").exists(), reason="the console script is not installed")
 def test_console_script_diff(traces):
     done = _cli("diff", traces["ref"], traces["lr"], module=False)
     assert 1 == done.returncode, done.stderr
     assert "traces diverge at step 0: update 'weight'" in done.stdout
     assert "" == done.stderr
+
+
+# ---------------------------------------------------------------- each command reads its trace once
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Every read of a trace's rows (``tracer._reader.read_trace``), and every run of the update checks."""
+    from tracer import _checks, _load
+
+    seen: dict[str, list] = {"rows": [], "checks": []}
+    read_trace, build_checks = _load.read_trace, _checks.build_checks
+
+    def counted_read(path, **filters):
+        seen["rows"].append(filters)
+        return read_trace(path, **filters)
+
+    def counted_checks(*args, **kwargs):
+        seen["checks"].append(args)
+        return build_checks(*args, **kwargs)
+
+    monkeypatch.setattr(_load, "read_trace", counted_read)
+    monkeypatch.setattr(_checks, "build_checks", counted_checks)
+    return seen
+
+
+def test_the_html_report_reads_the_trace_once_and_checks_once(capsys, traces, tmp_path, reads):
+    pytest.importorskip("matplotlib")
+    code, _, err = run_main(capsys, "report", traces["three"], "--format", "html", "-o", tmp_path / "page.html")
+    assert 0 == code, err
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert "tracer-findings" in page and 5 == page.count('<figure class="tracer-plot"')  # findings and plots
+    kinds = [r.get("kind") for r in reads["rows"]]
+    # the statistics once, the optimizer's rows once, and (a model small enough to work by hand)
+    # the forward pass's values once: never the same rows twice
+    assert len(kinds) <= 3 and len({str(k) for k in kinds}) == len(kinds), reads["rows"]
+    assert 1 == len(reads["checks"])  # the report's checks are the findings' checks
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("summary", "PATH"), ("diagnose", "PATH"), ("diff", "PATH", "SAME"), ("export", "tensorboard", "PATH", "LOGDIR")],
+)
+def test_every_command_reads_the_rows_it_needs_once(capsys, traces, tmp_path, reads, command):
+    if "tensorboard" in command:
+        pytest.importorskip("tensorboard")
+    words = {"PATH": traces["three"], "SAME": traces["same"], "LOGDIR": tmp_path / "tb"}
+    code, _, err = run_main(capsys, *(words.get(w, w) for w in command))
+    assert code in (0, 1), err
+    filters = [(str(r.get("kind")), str(r.get("step")), str(r.get("columns"))) for r in reads["rows"]]
+    per_trace = 2 if "SAME" in command else 1
+    assert len(set(filters)) * per_trace >= len(filters), reads["rows"]  # no read repeated (per trace)

@@ -129,7 +129,11 @@ def _damaged(good: Path, where: Path, column: str, row: int, value) -> Path:
 
 def _row_of(good: Path, kind: str, name: str) -> int:
     table = pq.read_table(_data_file(good))
-    return next(i for i, (k, n) in enumerate(zip(table["kind"].to_pylist(), table["name"].to_pylist())) if (k, n) == (kind, name))
+    return next(
+        i
+        for i, (k, n) in enumerate(zip(table["kind"].to_pylist(), table["name"].to_pylist()))
+        if (k, n) == (kind, name)
+    )
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -190,9 +194,8 @@ def test_a_filter_that_leaves_the_bad_row_out_reads_the_rest(good, tmp_path):
 
 # a damaged cell: (column, strategy of bad values); rows are drawn from all 20
 _COUNT = st.integers(-(2**63), -1) | st.integers(2**53, 2**63 - 1)
-_NOT_AN_OBJECT = (
-    st.text(max_size=12).filter(lambda t: not isinstance(_json_or_none(t), dict))
-    | st.sampled_from(["[]", "1", '"lr"', "true", "null", "NaN", DEEP, '{"lr": ' + DEEP + "}"])
+_NOT_AN_OBJECT = st.text(max_size=12).filter(lambda t: not isinstance(_json_or_none(t), dict)) | st.sampled_from(
+    ["[]", "1", '"lr"', "true", "null", "NaN", DEEP, '{"lr": ' + DEEP + "}"]
 )
 DAMAGES = st.one_of(
     st.tuples(st.sampled_from([f.name for f in SCHEMA if not f.nullable]), st.none()),
@@ -291,9 +294,7 @@ def test_repeated_sigkill_never_leaves_a_half_written_data_file(tmp_path):
     rng = random.Random(7)
     for attempt in range(4):
         path = tmp_path / f"k{attempt}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
         try:
             proc.stdout.readline()  # training is under way
             time.sleep(rng.uniform(0.05, 0.6))

@@ -9,6 +9,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -474,7 +475,7 @@ def test_bad_input_is_refused(tmp_path):
         diagnose(tmp_path / "missing")
     with pytest.raises(ValueError, match="lacks the trace columns"):
         diagnose(pd.DataFrame({"step": [0]}))
-    with pytest.raises(TypeError, match="trace must be"):
+    with pytest.raises(TypeError, match="a trace is a path, a tracer.Run, .*got int"):
         diagnose(42)
 
 
@@ -518,3 +519,186 @@ def test_findings_to_json(tmp_path):
     assert [f.code for f in findings] == [r["code"] for r in records]
     assert set(records[0]) == {"severity", "code", "step", "steps", "kind", "name", "message", "evidence"}
     assert "[]" == Findings().to_json()
+
+
+# --------------------------------------------------------------------------- false alarms on public training code
+
+
+class CausalEncoder(nn.Module):
+    """What ``nn.Transformer`` users write: a causal mask of ``-inf`` passed to the model."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x, mask):
+        return self.head(self.encoder(x, mask=mask, is_causal=True))
+
+
+def causal_run(path, steps=6, nan_at=None):
+    """A causal encoder trained on sequences; ``nan_at``: a NaN in the batch of that step."""
+    torch.manual_seed(0)
+    model = CausalEncoder().double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mask = nn.Transformer.generate_square_subsequent_mask(5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    with tracer.trace(model, optimizer, path=path) as run:
+        for step in range(steps):
+            x = torch.randn(4, 5, 8, generator=g, dtype=torch.float64)
+            if step == nan_at:
+                x[1, 2, 3] = float("nan")
+            optimizer.zero_grad()
+            nn.functional.mse_loss(model(x, mask), x[..., :1]).backward()
+            optimizer.step()
+    return run
+
+
+def test_a_causal_mask_of_minus_inf_is_not_a_nonfinite_value(tmp_path):
+    run = causal_run(tmp_path / "t")
+    inputs = tracer.load(run.path, kind="input", columns=["name", "part", "nonfinite", "min"])
+    masks = inputs[inputs.nonfinite > 0]
+    assert {("", "1"), ("encoder", "mask")} <= set(zip(masks.name, masks.part))  # the -inf is in the trace
+    assert (masks["min"] == -math.inf).all()
+    assert "first-nonfinite" not in codes(diagnose(run))  # was an error (exit 1) before
+
+
+def test_a_nan_in_the_data_of_a_masked_model_is_still_found(tmp_path):
+    finding = only(diagnose(causal_run(tmp_path / "t", nan_at=3)), "first-nonfinite")
+    assert (3, "input", "", "0") == (finding.step, finding.kind, finding.name, finding.evidence["part"])
+    assert "[1, 2, 3]" == finding.evidence["index"]  # the NaN of the data, not the mask's -inf
+
+
+class TinyGPT(nn.Module):
+    """nanoGPT's weight tying: ``wte.weight = lm_head.weight``, one tensor under two names."""
+
+    def __init__(self, vocab=32, width=16):
+        super().__init__()
+        self.transformer = nn.ModuleDict({"wte": nn.Embedding(vocab, width), "h": nn.Linear(width, width)})
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+
+    def forward(self, idx):
+        return self.lm_head(torch.tanh(self.transformer.h(self.transformer.wte(idx))))
+
+
+def gpt_run(path, freeze=None, embedding_lr=1e-2):
+    torch.manual_seed(0)
+    model = TinyGPT().double()
+    if freeze is not None:
+        model.get_submodule(freeze).requires_grad_(False)
+    tied = model.lm_head.weight
+    rest = [p for p in model.parameters() if p.requires_grad and p is not tied]
+    optimizer = torch.optim.AdamW([{"params": [tied], "lr": embedding_lr}, {"params": rest}], lr=1e-2)
+    data = torch.randint(0, 32, (4, 9), generator=torch.Generator().manual_seed(0))
+    with tracer.trace(model, optimizer, path=path) as run:
+        for _ in range(10):
+            optimizer.zero_grad()
+            logits = model(data[:, :-1])
+            nn.functional.cross_entropy(logits.reshape(-1, 32), data[:, 1:].reshape(-1)).backward()
+            optimizer.step()
+    return run
+
+
+def test_a_tied_embedding_is_not_frozen(tmp_path):
+    run = gpt_run(tmp_path / "t")
+    assert ["lm_head.weight"] == list(tracer.open(run.path).meta.parameters[0].aliases)
+    assert "lm_head.weight" not in set(tracer.load(run.path, kind="update", columns=["name"]).name)
+    assert [] == list(diagnose(run))  # was: never-changes for module 'lm_head'
+
+
+def test_a_finding_on_a_tied_parameter_gives_its_other_name(tmp_path):
+    finding = only(diagnose(gpt_run(tmp_path / "t", embedding_lr=0.0)), "never-changes")
+    assert ("update", "transformer.wte.weight") == (finding.kind, finding.name)
+    assert "lm_head.weight" == finding.evidence["aliases"]
+
+
+def test_a_frozen_module_beside_a_tied_embedding_is_still_found(tmp_path):
+    finding = only(diagnose(gpt_run(tmp_path / "t", freeze="transformer.h")), "never-changes")
+    assert ("param", "transformer.h") == (finding.kind, finding.name)
+
+
+class GAN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.generator = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        self.discriminator = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+
+
+def gan_run(path, steps, *, wasserstein=False, center=2.0, capture=("loss", "grad", "param", "update", "state")):
+    """The PyTorch DCGAN tutorial's loop on 2-d points: the discriminator's step, then the
+    generator's; ``wasserstein``: a WGAN critic's loss (no sigmoid) instead of BCE."""
+    torch.manual_seed(0)
+    model = GAN().double()
+    G, D = model.generator, model.discriminator
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    bce, g = nn.BCEWithLogitsLoss(), torch.Generator().manual_seed(0)
+    ones, zeros = torch.ones(32, 1, dtype=torch.float64), torch.zeros(32, 1, dtype=torch.float64)
+    with tracer.trace(model, [opt_d, opt_g], path=path, capture=capture) as run:
+        for _ in range(steps):
+            real = torch.randn(32, 2, generator=g, dtype=torch.float64) * 0.5 + center
+            fake = G(torch.randn(32, 4, generator=g, dtype=torch.float64))
+            opt_d.zero_grad()
+            if wasserstein:
+                loss_d = D(fake.detach()).mean() - D(real).mean()
+            else:
+                loss_d = bce(D(real), ones) + bce(D(fake.detach()), zeros)
+            loss_d.backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            (-D(fake).mean() if wasserstein else bce(D(fake), ones)).backward()
+            opt_g.step()
+    return run
+
+
+def test_a_gan_is_not_flat(tmp_path):
+    from tracer._series import series
+
+    run = gan_run(tmp_path / "t", 20, center=0.0)  # the generator starts where the data is: a balanced game
+    s = series(tracer.open(run.path))
+    assert ["discriminator", "generator"] == s.loss_series
+    averaged = s.losses.groupby("step")["loss"].mean().to_numpy()
+    early, late = np.median(averaged[:4]), np.median(averaged[-4:])
+    assert early - late < 0.01 * early  # the one averaged series of before: "not decreasing"
+    assert "loss-flat" not in codes(diagnose(run))
+
+
+def test_a_generator_layer_is_compared_with_the_generator(tmp_path):
+    from tracer._series import series
+
+    run = gan_run(tmp_path / "t", 20, wasserstein=True, center=128.0)  # a critic on unnormalised pixels
+    grads = series(tracer.open(run.path)).layer_grads
+    rms = (grads.norm / grads.numel**0.5).groupby(grads.layer).median()
+    assert rms["generator.0"] < 1e-3 * rms["discriminator.2"]  # what it was compared with before
+    assert rms["generator.0"] > 1e-3 * rms["generator.2"]
+    assert "vanishing-grad" not in codes(diagnose(run))
+
+
+class BigramLM(nn.Module):
+    def __init__(self, vocab=2000, width=64):
+        super().__init__()
+        self.wte, self.h, self.lm_head = nn.Embedding(vocab, width), nn.Linear(width, width), nn.Linear(width, vocab)
+
+    def forward(self, idx):
+        return self.lm_head(torch.relu(self.h(self.wte(idx))))
+
+
+def test_a_divergence_in_the_first_steps_is_a_divergence(tmp_path):
+    torch.manual_seed(0)
+    model = BigramLM()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    g = torch.Generator().manual_seed(0)
+    with tracer.trace(model, optimizer, path=tmp_path / "t", max_values=0) as run:
+        for _ in range(8):
+            data = torch.randint(0, 2000, (8, 33), generator=g)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(data[:, :-1]).reshape(-1, 2000), data[:, 1:].reshape(-1)).backward()
+            optimizer.step()
+    findings = diagnose(run)
+    finding = only(findings, "loss-diverging")
+    assert 7.5 < finding.evidence["start"] < 7.7  # ln 2000: the loss of the first step
+    assert finding.evidence["late_median"] < 2 * finding.evidence["early_median"]  # the early window holds the jump
+    assert finding.evidence["late_median"] > 20 * finding.evidence["start"]
+    assert "loss-flat" not in codes(findings)  # what it was reported as

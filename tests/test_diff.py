@@ -50,6 +50,13 @@ def test_identical_traces(traces):
     assert tracer.diff(ref, traces["same"]) is None
     assert tracer.diff(ref.path, str(traces["same"].path)) is None
     assert tracer.diff(tracer.load(ref.path), ref) is None
+    assert tracer.diff(tracer.open(ref.path), tracer.open(traces["same"].path)) is None
+
+
+def test_a_trace_and_its_dataframe_give_the_same_divergence(traces):
+    from_paths = tracer.diff(traces["ref"].path, traces["lr"].path)
+    assert from_paths == tracer.diff(tracer.open(traces["ref"].path), tracer.load(traces["lr"].path))
+    assert from_paths == tracer.diff(tracer.load(traces["ref"].path), tracer.open(traces["lr"].path))
 
 
 def test_learning_rates_differ_first_divergence_is_the_step_0_update(traces):
@@ -155,8 +162,23 @@ def test_update_rows_use_the_parameters_precision(tmp_path):
     assert tracer.diff(a, nudged) is None  # float32 parameter: float32 tolerances
 
 
+def test_update_rows_alone_are_judged_at_the_precision_in_the_metadata(tmp_path):
+    model, x, y, loss_fn, _ = make_reference()
+    model, x, y = model.float(), x.float(), y.float()
+    runs = []
+    for lr in (0.01, 0.01 * (1 + 1e-6)):  # updates that differ by about float32 resolution
+        model_copy, _, _, _, _ = make_reference()
+        model_copy = model_copy.float()
+        optimizer = torch.optim.SGD(model_copy.parameters(), lr=lr)
+        with tracer.trace(model_copy, optimizer, path=tmp_path / f"lr{lr}") as run:
+            train_reference(model_copy, x, y, loss_fn, optimizer)
+        runs.append(run.path)
+    assert tracer.diff(*runs, kinds="update") is None  # the param rows are not compared, yet float32 rules
+    assert tracer.diff(*runs, kinds="update", rtol=0.0, atol=0.0) is not None  # they do differ
+
+
 def test_empty_traces(tmp_path):
-    model, x, y, loss_fn, optimizer = make_reference()
+    model, _, _, _, optimizer = make_reference()
     with tracer.trace(model, optimizer, path=tmp_path / "empty"):
         pass
     assert tracer.diff(tmp_path / "empty", tmp_path / "empty") is None

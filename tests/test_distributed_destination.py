@@ -31,6 +31,9 @@ def test_two_ranks_trace_into_fresh_directories_without_overwrite_again_and_agai
     default = [c for c in chosen if "/traces/" in c]
     assert 1 == len(default), chosen
     assert {0, 1} == set(tracer.load(default[0], kind="grad")["rank"])
+    for rank in (0, 1):  # a directory per rank
+        assert {rank} == set(tracer.load(tmp_path / f"own{rank}", kind="grad")["rank"])
+        assert (tmp_path / f"own{rank}" / "_tracer.json").is_file()
     refused = sorted(p.name for p in tmp_path.glob("refused-*.txt"))
     assert ["refused-0.txt", "refused-1.txt"] == refused
     assert "already holds a trace" in (tmp_path / "refused-1.txt").read_text()

@@ -134,15 +134,37 @@ def _case(edit, says, id):
 @pytest.mark.parametrize(
     "edit, says",
     [
-        _case(lambda t: t.replace('"schema_version": 1', '"schema_version": 1e999'), "schema_version must be an integer", "1e999"),
+        _case(
+            lambda t: t.replace('"schema_version": 1', '"schema_version": 1e999'),
+            "schema_version must be an integer",
+            "1e999",
+        ),
         _case(lambda t: DEEP, "nested too deeply", "deep"),
         _case(lambda t: t.replace('"every": 1', f'"every": {DEEP}'), "nested too deeply", "deep option"),
-        _case(lambda t: t.replace('"class": "SGD"', '"class": ["SGD"]'), "optimizers[0].class must be a string", "class"),
+        _case(
+            lambda t: t.replace('"class": "SGD"', '"class": ["SGD"]'), "optimizers[0].class must be a string", "class"
+        ),
         _case(lambda t: t.replace('"class": "SGD",', ""), "optimizers[0].class is missing", "no class"),
-        _case(lambda t: t.replace('"bases": []', '"bases": "Optimizer"'), "optimizers[0].bases must be a list of strings", "bases"),
-        _case(lambda t: t.replace('"max_values": 1024', '"max_values": "1024"'), "options.max_values must be an integer or null", "max_values"),
-        _case(lambda t: t.replace('"include": null', '"include": "fc*"'), "options.include must be a list of strings or null", "include"),
-        _case(lambda t: t.replace('"requires_grad": true', '"requires_grad": 1'), "parameters[0].requires_grad must be true or false", "requires_grad"),
+        _case(
+            lambda t: t.replace('"bases": []', '"bases": "Optimizer"'),
+            "optimizers[0].bases must be a list of strings",
+            "bases",
+        ),
+        _case(
+            lambda t: t.replace('"max_values": 1024', '"max_values": "1024"'),
+            "options.max_values must be an integer or null",
+            "max_values",
+        ),
+        _case(
+            lambda t: t.replace('"include": null', '"include": "fc*"'),
+            "options.include must be a list of strings or null",
+            "include",
+        ),
+        _case(
+            lambda t: t.replace('"requires_grad": true', '"requires_grad": 1'),
+            "parameters[0].requires_grad must be true or false",
+            "requires_grad",
+        ),
         _case(lambda t: t.replace('"model": "Linear"', '"model": 3'), "model must be a string or null", "model"),
         _case(lambda t: "[]", "the file must be an object (got a list)", "list"),
         _case(lambda t: t[: len(t) // 2], "not valid trace metadata", "cut"),

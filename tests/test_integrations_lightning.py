@@ -25,9 +25,9 @@ CLIP = 0.05  # small enough that every step is clipped
 @pytest.fixture(autouse=True)
 def every_hook_is_removed_after_the_trainer():
     yield
-    from tracer import _hooks
+    from tracer import _dispatch
 
-    assert [] == _hooks._active  # no recorder left listening to backward()
+    assert [] == _dispatch._active  # no recorder left listening to backward()
 
 
 class Regressor(L.LightningModule):

@@ -18,9 +18,9 @@ N_PARAMS = 2 + 2 * 12 + 2  # wte, wpe; 12 per block; ln_f (lm_head is tied to wt
 @pytest.fixture(autouse=True)
 def every_hook_is_removed_after_the_trainer():
     yield
-    from tracer import _hooks
+    from tracer import _dispatch
 
-    assert [] == _hooks._active  # no recorder left listening to backward()
+    assert [] == _dispatch._active  # no recorder left listening to backward()
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -154,9 +154,7 @@ def test_evaluation_is_recorded_forward_only_or_skipped(tmp_path):
     rec = tracer.load(recorded.path)
     head = rec[(rec.kind == "activation") & (rec.name == "lm_head")]
     # evaluation after global_step 2 and at the end: two batches each, at steps 2 and 3, calls from 0
-    assert [(2, 0), (2, 1), (3, 0), (3, 1)] == list(
-        zip(head[forward_only(head)].step, head[forward_only(head)].call)
-    )
+    assert [(2, 0), (2, 1), (3, 0), (3, 1)] == list(zip(head[forward_only(head)].step, head[forward_only(head)].call))
     assert [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)] == list(
         zip(head[~forward_only(head)].step, head[~forward_only(head)].call)
     )

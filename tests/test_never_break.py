@@ -5,20 +5,22 @@ Each test here failed before the change that made it pass (issue "Never break tr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import pickle
 import threading
+import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
 from tracer._reader import read_meta
-from _reference import make_reference, train_reference
 
 
 def rows(df, kind, name=None):
@@ -241,7 +243,7 @@ def test_a_full_disk_at_enter_is_a_trace_write_error_or_a_warning(tmp_path, monk
     with pytest.warns(RuntimeWarning, match="training goes on untraced"):
         with tracer.trace(model, opt, path=tmp_path / "b", on_error="warn") as run:
             train_reference(model, x, y, loss_fn, opt)
-    assert 0 == run.step and not _session._hooks._active
+    assert 0 == run.step and not _session._dispatch._active
 
 
 def test_a_failed_final_flush_is_said(tmp_path, monkeypatch):
@@ -372,6 +374,15 @@ def test_evaluation_between_steps_keeps_the_training_numbering(tmp_path):
     assert 3 == run.step
 
 
+def _assert_each_step_holds_one_batch(df, before):
+    """Step k's `param` rows of both networks are their values before their k-th update."""
+    for net in ("gen", "disc"):
+        params = rows(df, "param", f"{net}.weight")
+        assert [0, 1, 2] == params.step.tolist()
+        for step, value in zip(params.step, params["values"]):
+            assert before[net][step].reshape(-1).tolist() == list(value)
+
+
 @pytest.mark.parametrize("generator_first", [False, True])
 def test_gan_steps_hold_both_networks_updates_of_one_batch(tmp_path, generator_first):
     torch.manual_seed(0)
@@ -398,12 +409,7 @@ def test_gan_steps_hold_both_networks_updates_of_one_batch(tmp_path, generator_f
             for train in (train_g, train_d) if generator_first else (train_d, train_g):
                 train()
         assert 3 == run.step
-    df = tracer.load(run.path)
-    for net in ("gen", "disc"):
-        params = rows(df, "param", f"{net}.weight")
-        assert [0, 1, 2] == params.step.tolist()
-        for step, value in zip(params.step, params["values"]):
-            assert before[net][step].reshape(-1).tolist() == list(value)
+    _assert_each_step_holds_one_batch(tracer.load(run.path), before)
 
 
 # --------------------------------------------------------------------------- D19. hook order
@@ -493,3 +499,173 @@ def test_a_module_returning_a_quantized_tensor_is_recorded_dequantized(tmp_path)
     assert torch.equal(out.dequantize(), torch.tensor([1.0, 2.0]))
     act = rows(tracer.load(run.path), "activation", "1").iloc[0]
     assert "qint8" == act["dtype"] and [1.0, 2.0] == list(act["values"])
+
+
+def test_a_tied_parameter_is_listed_with_its_aliases_and_found_by_either_name(tmp_path):
+    class Tiny(nn.Module):  # nanoGPT's weight tying: lm_head.weight = wte.weight
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(5, 3)
+            self.lm_head = nn.Linear(3, 5, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, idx):
+            return self.lm_head(self.wte(idx))
+
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tracer.trace(model, opt, path=tmp_path / "t") as run:
+        model(torch.tensor([1, 2])).sum().backward()
+        opt.step()
+    params = read_meta(run.path)["parameters"]
+    assert [("wte.weight", ["lm_head.weight"])] == [(p["name"], p.get("aliases")) for p in params]
+    assert tracer.open(run.path).meta.aliases == {"lm_head.weight": "wte.weight"}
+    by_alias = tracer.load(run.path, kind="grad", name="lm_head.weight")
+    assert ["wte.weight"] == by_alias.name.tolist()
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+def test_step_closure_runs_after_the_optimizers_own_pre_hooks(tmp_path):
+    def run(traced):
+        torch.manual_seed(0)
+        m = nn.Linear(3, 1).double()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+
+        def project(optimizer, args, kwargs):  # keep the weights in a ball (SAM-like hooks too)
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.clamp_(-0.2, 0.2)
+
+        opt.register_step_pre_hook(project)
+        x = torch.randn(8, 3, dtype=torch.float64)
+
+        def closure():
+            opt.zero_grad()
+            loss = m(x).pow(2).mean()
+            loss.backward()
+            return loss
+
+        with tracer.trace(m, opt, path=tmp_path / "t") if traced else contextlib.nullcontext():
+            for _ in range(3):
+                opt.step(closure)
+        return [p.detach().clone() for p in m.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    grads = rows(tracer.load(tmp_path / "t"), "grad", "weight")
+    assert [0, 1, 2] == grads.step.tolist()
+
+
+def test_reading_run_step_from_another_thread_marks_nothing(tmp_path):
+    class SlowSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            time.sleep(0.02)
+            return super().step(closure)
+
+    model, x, y, loss_fn, _ = make_reference()
+    opt = SlowSGD(model.parameters(), lr=0.01)
+    done = threading.Event()
+    with tracer.trace(model, opt, path=tmp_path / "t") as run:
+
+        def monitor():  # a progress bar reading run.step
+            while not done.is_set():
+                _ = run.step
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=monitor)
+        thread.start()
+        train_reference(model, x, y, loss_fn, opt, steps=4)
+        done.set()
+        thread.join()
+    df = tracer.load(run.path)
+    assert rows(df, "skipped").empty
+    assert (rows(df, "update")["norm"] > 0).all() and 4 == run.step
+
+
+def test_checkpointing_without_an_optimizer_keeps_its_step(tmp_path):
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    with tracer.trace(model, path=tmp_path / "t") as run:
+        for _ in range(3):
+            x = torch.randn(2, 3, dtype=torch.float64)
+            checkpoint(model, x, use_reentrant=False).sum().backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+        assert 2 == run.step  # the recomputed forward in backward started no step
+    df = tracer.load(run.path)
+    assert [0, 1, 2] == sorted(set(rows(df, "grad").step))
+    assert (rows(df, "update")["norm"] > 0).all()
+
+
+def test_evaluation_before_training_with_a_late_optimizer_starts_no_step(tmp_path):
+    model, x, y, loss_fn, _ = make_reference()
+    with tracer.trace(model, path=tmp_path / "t") as run:
+        with torch.no_grad():
+            for _ in range(5):  # a sanity-check validation pass
+                model(x)
+        assert 0 == run.step
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        train_reference(model, x, y, loss_fn, opt, steps=3)
+        assert 3 == run.step
+    df = tracer.load(run.path)
+    assert [0, 1, 2] == rows(df, "update", "weight").step.tolist()
+    assert [0, 1, 2] == rows(df, "loss").step.tolist()
+
+
+def test_two_traces_in_one_thread_each_see_their_own_backward(tmp_path):
+    student, x, y, loss_fn, opt = make_reference()
+    teacher, *_ = make_reference()
+    with tracer.trace(student, opt, path=tmp_path / "s") as s, tracer.trace(teacher, path=tmp_path / "t") as t:
+        for _ in range(3):
+            with torch.no_grad():
+                target = teacher(x)  # a frozen teacher, distillation
+            opt.zero_grad()
+            loss_fn(student(x), target + y).backward()
+            opt.step()
+    assert 3 == s.step
+    teacher_rows = tracer.load(t.path)
+    assert {"input", "activation"} == set(teacher_rows.kind)  # no loss, grad or update of the student's
+    assert 3 == len(rows(tracer.load(s.path), "loss"))
+
+
+def test_a_gradient_penalty_adds_no_activation_grad_rows(tmp_path):
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    opt = torch.optim.SGD(critic.parameters(), lr=0.1)
+    with tracer.trace(critic, opt, path=tmp_path / "t") as run:
+        for _ in range(2):  # WGAN-GP: torch.autograd.grad before loss.backward()
+            real, fake = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+            opt.zero_grad()
+            mixed = (0.5 * real + 0.5 * fake).requires_grad_(True)
+            (g,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+            loss = critic(fake).mean() - critic(real).mean() + 10 * ((g.norm(dim=1) - 1) ** 2).mean()
+            loss.backward()
+            opt.step()
+    agrad = rows(tracer.load(run.path), "activation_grad")
+    assert 1 == agrad.groupby(["step", "name", "call", "part"]).size().max()
+
+
+def test_gan_optimizers_made_inside_the_block_pair_their_updates_per_batch(tmp_path):
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(2, 2).double(), nn.Linear(2, 1).double()
+    model = nn.ModuleDict({"gen": gen, "disc": disc})
+    before = {"gen": [], "disc": []}
+    with tracer.trace(model, path=tmp_path / "t") as run:
+        opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)  # both adopted at their first step()
+        opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+        for _ in range(3):
+            opt_d.zero_grad()
+            disc(gen(torch.randn(3, 2, dtype=torch.float64)).detach()).mean().backward()
+            before["disc"].append(disc.weight.detach().clone())
+            opt_d.step()
+            opt_g.zero_grad()
+            (-disc(gen(torch.randn(3, 2, dtype=torch.float64))).mean()).backward()
+            before["gen"].append(gen.weight.detach().clone())
+            opt_g.step()
+        assert 3 == run.step
+    _assert_each_step_holds_one_batch(tracer.load(run.path), before)

@@ -1,4 +1,5 @@
-"""tracer._plots: inline SVG for every kind of trace, small for long traces, escaped, optional."""
+"""tracer.plots: inline SVG for every kind of trace, small for long traces, escaped, optional,
+read once from a Trace; the report section made of ``_render`` blocks."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from torch import nn
 
 import tracer
 from tracer import _plots
-from tracer._plots import (
+from tracer._plots import html_section, section
+from tracer._render import Figure, Para, Section
+from tracer.plots import (
     PlotsUnavailableError,
     activation_plot,
     grad_norm_plot,
     histogram_plot,
-    html_section,
     loss_plot,
     plots_available,
     update_ratio_plot,
@@ -145,15 +147,61 @@ def test_nonfinite_loss_is_marked(tmp_path):
 
 
 def test_html_section_is_self_contained_with_unique_ids(traces):
-    section = html_section(traces["full"])
-    assert section.startswith('<section class="tracer-plots">') and section.endswith("</section>")
-    assert 5 == section.count('<figure class="tracer-plot"')  # loss, grads, updates, activations, histogram
-    ids = re.findall(r'\bid="([^"]+)"', section)
+    fragment = html_section(traces["full"])
+    assert fragment.startswith('<details class="section tracer-plots" open>') and fragment.endswith("</details>")
+    assert "<style" not in fragment  # the page's one stylesheet styles it
+    assert 5 == fragment.count('<figure class="tracer-plot"')  # loss, grads, updates, activations, histogram
+    ids = re.findall(r'\bid="([^"]+)"', fragment)
     assert len(ids) == len(set(ids))  # several SVGs on one page do not clash
-    refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', section)
+    refs = re.findall(r'url\(#([^)]+)\)|href="#([^"]+)"', fragment)
     assert {a or b for a, b in refs} <= set(ids)  # every reference points inside its page
-    assert "http://www.w3.org" in section  # namespaces only: nothing is fetched
-    assert not re.search(r'(?:src|href)="(?!data:|#)', section)
+    assert "http://www.w3.org" in fragment  # namespaces only: nothing is fetched
+    assert not re.search(r'(?:src|href)="(?!data:|#)', fragment)
+
+
+def test_section_is_blocks_of_the_report_document_model(traces):
+    plots = section(traces["full"])
+    assert isinstance(plots, Section) and "Plots" == plots.title and "tracer-plots" == plots.cls
+    figures = [b for b in plots.blocks if isinstance(b, Figure)]
+    assert ["loss", "grad-norm", "update-ratio", "activations", "histogram"] == [f.key for f in figures]
+    assert "Histogram of grad '0.weight' at step 5" == figures[-1].caption  # the largest gradient, last step
+    assert all(f.svg.startswith("<svg") for f in figures)
+    assert "" == tracer._render.to_text([plots]).replace("Plots\n-----\n", "")  # pictures are HTML only
+
+
+def test_a_trace_is_read_once_for_every_plot(traces, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(traces["full"], tmp_path / "copy")
+    trace = tracer.open(copy)
+    first = [plot(trace) for plot in PLOTS]
+    trace.updates()  # what the report's checks read: the page's default histogram comes from it
+    shutil.rmtree(copy)  # from here on, any read of the trace would fail
+    assert first == [plot(trace) for plot in PLOTS]
+    assert 5 == html_section(trace).count("<figure")
+    with pytest.raises(tracer.TraceFormatError):
+        histogram_plot(trace, kind="grad", name="0.weight", step=5)  # one tensor's values: read on demand
+
+
+def test_loss_per_step_sums_the_micro_batches_as_summary_does(tmp_path):
+    from tracer._plot_data import loss_table
+    from tracer._summary import summarize
+
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        for _ in range(3):
+            optimizer.zero_grad()
+            for half in (x[:4], x[4:]):  # gradient accumulation: each loss is 1/2 of the batch's
+                (model(half).pow(2).mean() / 2).backward()
+            optimizer.step()
+    table = loss_table(tracer.open(run.path))
+    assert ["loss"] == list(table.columns) and [0, 1, 2] == list(table.index)
+    expected = {row["step"]: row["loss"] for row in summarize(run.path)["loss"]}
+    assert expected == pytest.approx(dict(zip(table.index, table["loss"])))
+    loss = tracer.load(run.path, kind="loss")
+    assert float(loss[loss.step == 0]["mean"].sum()) == pytest.approx(float(table.loc[0, "loss"]))
 
 
 def test_hostile_names_are_escaped_and_shown_verbatim(tmp_path):
@@ -168,8 +216,7 @@ def test_hostile_names_are_escaped_and_shown_verbatim(tmp_path):
     shown = texts(grads) + texts(activation_plot(run))
     for name in names:
         assert name in shown, name  # not eaten by mathtext ($) or hidden from the legend (_)
-    section = html_section(run)
-    assert "<b>bold" not in section
+    assert "<b>bold" not in html_section(run)
 
 
 def test_long_traces_stay_small_and_fast():
@@ -196,10 +243,10 @@ def test_long_traces_stay_small_and_fast():
     df["dtype"], df["nonfinite"] = "float32", 0
     start = time.perf_counter()
     sizes = {plot.__name__: len(plot(df).encode()) for plot in PLOTS}
-    section = html_section(df)
+    fragment = html_section(df)
     elapsed = time.perf_counter() - start
     assert all(size < 300_000 for size in sizes.values()), sizes
-    assert len(section.encode()) < 1_000_000
+    assert len(fragment.encode()) < 1_000_000
     assert elapsed < 20, elapsed  # generous: 2 shared cores; about 2 s on a laptop
 
 
@@ -211,6 +258,9 @@ def test_without_matplotlib_plots_say_how_to_get_them(traces, monkeypatch):
     with pytest.raises(PlotsUnavailableError, match=r"pip install 'torch-tracer\[plots\]'") as info:
         loss_plot(traces["full"])
     assert isinstance(info.value, tracer.TracerError) and isinstance(info.value, ImportError)
-    section = html_section(traces["full"])
-    assert "pip install &#x27;torch-tracer[plots]&#x27;" in section and "<svg" not in section
-    assert _plots.INSTALL_HINT == "pip install 'torch-tracer[plots]'"
+    fragment = html_section(traces["full"])
+    assert "pip install &#x27;torch-tracer[plots]&#x27;" in fragment and "<svg" not in fragment
+    assert [Para("The plots need matplotlib: pip install 'torch-tracer[plots]'", tone="warn")] == list(
+        section(traces["full"]).blocks
+    )
+    assert tracer.plots.INSTALL_HINT == _plots.INSTALL_HINT == "pip install 'torch-tracer[plots]'"

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _reference import make_reference, train_reference
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import tracer
-from _reference import make_reference, train_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,7 +257,7 @@ def test_threads_tracing_two_models_never_mix(tmp_path):
                 for _ in range(20):
                     train_reference(model, x * (i + 1), y, loss_fn, opt)
             assert 20 == run.step
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]

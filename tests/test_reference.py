@@ -70,9 +70,7 @@ def test_pandas_pyarrow_duckdb_read_the_same_rows(reference_trace):
     ours = tracer.load(reference_trace).sort_values("seq").reset_index(drop=True)
     by_pandas = pd.read_parquet(reference_trace).sort_values("seq").reset_index(drop=True)
     by_arrow = pads.dataset(reference_trace, format="parquet").to_table().to_pandas()
-    by_duck = duckdb.sql(
-        f"SELECT * FROM read_parquet('{reference_trace}/**/*.parquet') ORDER BY seq"
-    ).df()
+    by_duck = duckdb.sql(f"SELECT * FROM read_parquet('{reference_trace}/**/*.parquet') ORDER BY seq").df()
     for other in (by_pandas, by_arrow.sort_values("seq").reset_index(drop=True), by_duck):
         assert ours.kind.tolist() == other.kind.tolist()
         assert ours.name.tolist() == other.name.tolist()
@@ -87,8 +85,7 @@ def test_duckdb_recipe_gradient_norm_per_layer(tmp_path):
     with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
         train_reference(model, x, y, loss_fn, optimizer, steps=3)
     rows = duckdb.sql(
-        f"SELECT step, name, norm FROM read_parquet('{run.path}/**/*.parquet') "
-        "WHERE kind = 'grad' ORDER BY step, name"
+        f"SELECT step, name, norm FROM read_parquet('{run.path}/**/*.parquet') WHERE kind = 'grad' ORDER BY step, name"
     ).fetchall()
     assert [0, 0, 1, 1, 2, 2] == [r[0] for r in rows]
     assert pytest.approx(10.0) == rows[0][2]  # bias at step 0

@@ -55,7 +55,7 @@ def _trace_optimizer(tmp_path, cls, kwargs, dtype=torch.float64, steps=7, params
 
 def _assert_all_checked(frame, check="rule"):
     assert not frame.empty
-    bad = frame[frame.matches != True]
+    bad = frame[frame.matches.map(lambda m: m is not True)]
     assert bad.empty, bad[["step", "name", "max_abs_error", "reason"]].to_string()
     assert {check} == set(frame.check)
 
@@ -313,3 +313,38 @@ def test_an_update_made_outside_an_optimizer_is_reported_not_checked(reference_t
     assert "weight (no optimizer): – not checked" in text and "(nan" not in text
     with pytest.raises(AssertionError, match=r"no updates to check in a DataFrame \(its 2 traced updates were made"):
         assert_updates_follow_rule(frame)
+
+
+def test_missing_check_and_reason_are_none_not_nan(tmp_path):
+    model, x, y, loss_fn, _ = make_reference()
+    checked, unchecked = torch.optim.SGD([model.weight], lr=0.01), Custom([model.bias], lr=0.1)
+    with tracer.trace(model, [checked, unchecked], path=tmp_path / "t") as run:
+        loss_fn(model(x), y).backward()
+        checked.step()
+        unchecked.step()
+    frame = tracer.report(run).to_frame().set_index("name")
+    assert ("rule", None) == (frame.loc["weight", "check"], frame.loc["weight", "reason"])
+    assert frame.loc["bias", "check"] is None and frame.loc["bias", "matches"] is None
+    assert frame.loc["bias", "reason"].startswith("no update rule is known for Custom")
+
+
+def test_the_checks_of_a_large_model_read_no_activation_values(tmp_path, monkeypatch):
+    from tracer._trace import Trace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tracer.trace(model, opt, path=tmp_path / "t") as run:
+        model(torch.randn(4, 32)).sum().backward()
+        opt.step()
+    reads = []
+    real = Trace.rows
+
+    def spy(self, kind=None, name=None, step=None, columns=None, **kwargs):
+        reads.append((kind, columns))
+        return real(self, kind, name, step, columns, **kwargs)
+
+    monkeypatch.setattr(Trace, "rows", spy)
+    assert 4 == tracer.report(run.path).counts["matched"]
+    with_values = [kind for kind, columns in reads if columns is None or "values" in columns]
+    assert [("grad", "param", "update", "state", "skipped")] == with_values  # Trace.updates(): the checks' rows

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
+from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
-from _reference import make_reference, train_reference
 
 
 def rows(df, kind, name=None):

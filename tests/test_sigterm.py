@@ -22,10 +22,15 @@ _SCRIPT = textwrap.dedent(
     import tracer
 
     path, mode = Path(sys.argv[1]), sys.argv[2]
+    stop = []
     if mode == "chained":
         def mine(signum, frame):
             (path.parent / "handler-ran").write_text(str(tracer_run.step))
             sys.exit(3)
+        signal.signal(signal.SIGTERM, mine)
+    if mode == "graceful":  # the handler sets a flag; the loop finishes its work and ends
+        def mine(signum, frame):
+            stop.append(tracer_run.step)
         signal.signal(signal.SIGTERM, mine)
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -37,7 +42,10 @@ _SCRIPT = textwrap.dedent(
             opt.step()
             if step == 20:
                 (path.parent / "ready").write_text("")
+            if stop and step >= stop[0] + 30:
+                break
             time.sleep(0.001)
+    (path.parent / "done").write_text(str(tracer_run.step))
     """
 )
 
@@ -90,3 +98,13 @@ def test_the_handler_is_restored_when_the_block_ends(tmp_path):
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.slow
+def test_recording_goes_on_when_the_replaced_handler_returns(tmp_path):
+    child = _run_until_ready(tmp_path, "graceful")
+    assert 0 == child.returncode, child.err.decode()
+    steps = int((tmp_path / "done").read_text())
+    meta = json.loads((tmp_path / "t" / "_tracer.json").read_text())
+    assert meta["complete"] and steps == meta["steps"]
+    assert set(range(steps)) == set(tracer.load(tmp_path / "t", kind="update").step)  # none lost after it

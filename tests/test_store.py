@@ -21,8 +21,9 @@ from _reference import make_reference, train_reference
 from torch import nn
 
 import tracer
-import tracer._store
+import tracer._encode
 from tracer._schema import COLUMNS as SCHEMA_NAMES
+from tracer._schema import Row
 
 
 def _trace_once(path, **kwargs):
@@ -85,7 +86,7 @@ def _foreign_parquet(path, name):
 
 
 def test_a_tracer_like_name_without_tracer_footer_is_not_a_trace(tmp_path):
-    from tracer._store import check_destination, is_trace
+    from tracer._directory import check_destination, is_trace
 
     _foreign_parquet(tmp_path, "part-00000-0123abcd-000000.parquet")
     assert not is_trace(tmp_path)
@@ -96,7 +97,7 @@ def test_a_tracer_like_name_without_tracer_footer_is_not_a_trace(tmp_path):
 
 
 def test_a_trace_without_metadata_is_a_trace(reference_trace):
-    from tracer._store import check_destination, is_trace
+    from tracer._directory import check_destination, is_trace
 
     (reference_trace / "_tracer.json").unlink()  # e.g. a rank other than 0 wrote only data
     assert is_trace(reference_trace)
@@ -118,13 +119,14 @@ def test_foreign_parquet_beside_a_trace_is_refused_and_nothing_deleted(reference
 
 
 def test_overwrite_deletes_every_ranks_files_and_only_those(tmp_path):
-    from tracer._store import Writer, prepare_directory
+    from tracer._directory import prepare_directory
+    from tracer._store import Writer
     from tracer._tensors import capture
 
     path = tmp_path / "t"
     _trace_once(path)
     rank1 = Writer(path, rank=1, flush_seconds=60)
-    rank1.put((0, 0, "loss", "", 0, "", None, capture(torch.ones(1), None), None, None, None, None))
+    rank1.put(Row(0, 0, "loss", "", 0, "", None, capture(torch.ones(1), None)))
     rank1.close()
     (path / ".part-00002-89abcdef-000000.tmp").write_bytes(b"half")  # a killed rank's file
     (path / "._tracer.json.0123abcd.tmp").write_text("{")  # killed while writing the metadata
@@ -139,7 +141,7 @@ def test_overwrite_deletes_every_ranks_files_and_only_those(tmp_path):
 
 
 def test_a_listed_data_file_is_deleted_even_when_its_footer_is_unreadable(reference_trace):
-    from tracer._store import prepare_directory
+    from tracer._directory import prepare_directory
 
     (data,) = reference_trace.glob("part-*.parquet")
     meta = json.loads((reference_trace / "_tracer.json").read_text())
@@ -150,7 +152,7 @@ def test_a_listed_data_file_is_deleted_even_when_its_footer_is_unreadable(refere
 
 
 def test_an_unlisted_data_file_with_an_unreadable_footer_is_kept(reference_trace):
-    from tracer._store import prepare_directory
+    from tracer._directory import prepare_directory
 
     (data,) = reference_trace.glob("part-*.parquet")
     data.write_bytes(b"PAR1 not parquet")
@@ -170,7 +172,7 @@ def test_write_json_atomic_removes_its_temporary_file_when_the_disk_is_full(tmp_
     import errno
     from pathlib import Path
 
-    from tracer._store import write_json_atomic
+    from tracer._directory import write_json_atomic
 
     target = tmp_path / "_tracer.json"
     write_json_atomic(target, {"v": 1})
@@ -189,7 +191,7 @@ def test_write_json_atomic_removes_its_temporary_file_when_the_disk_is_full(tmp_
 
 
 def test_write_json_atomic_removes_its_temporary_file_when_the_rename_fails(tmp_path):
-    from tracer._store import write_json_atomic
+    from tracer._directory import write_json_atomic
 
     target = tmp_path / "_tracer.json"
     target.mkdir()  # a directory in the way: the rename fails
@@ -235,8 +237,8 @@ def _mlp_trace(path, steps=3, **kwargs):
 
 def test_large_files_are_grouped_by_kind_and_name_and_load_restores_training_order(tmp_path, monkeypatch):
     _mlp_trace(tmp_path / "plain")
-    monkeypatch.setattr(tracer._store, "ROW_GROUP_BYTES", 16 << 10)
-    monkeypatch.setattr(tracer._store, "_MIN_GROUP_BYTES", 4 << 10)
+    monkeypatch.setattr(tracer._encode, "ROW_GROUP_BYTES", 16 << 10)
+    monkeypatch.setattr(tracer._encode, "_MIN_GROUP_BYTES", 4 << 10)
     _mlp_trace(tmp_path / "grouped")
 
     (file,) = (tmp_path / "grouped").glob("*.parquet")
@@ -320,11 +322,11 @@ def test_writer_threads_write_every_row_once_and_flush_waits_for_them(tmp_path, 
     writer = Writer(tmp_path, flush_seconds=60, max_queue_bytes=1 << 16, threads=threads)  # many small files
     tensors = [torch.full((1000,), float(i), dtype=torch.float64) for i in range(60)]
     for i, t in enumerate(tensors[:40]):
-        writer.put((0, i, "grad", f"p{i}", 0, "", None, capture(t, None), None, None, None, None))
+        writer.put(Row(0, i, "grad", f"p{i}", 0, "", None, capture(t, None)))
     writer.flush()  # returns only when every row put so far is in a finished file
     assert 40 == sum(pq.ParquetFile(f).metadata.num_rows for f in tmp_path.glob("*.parquet"))
     for i, t in enumerate(tensors[40:], start=40):
-        writer.put((1, i, "grad", f"p{i}", 0, "", None, capture(t, None), None, None, None, None))
+        writer.put(Row(1, i, "grad", f"p{i}", 0, "", None, capture(t, None)))
     writer.close()
     assert writer.files_written > 2 and writer.rows_written == 60 and writer.error is None
     assert sorted(writer.files) == sorted(p.name for p in tmp_path.iterdir())
@@ -350,16 +352,18 @@ def test_flush_waits_for_an_earlier_file_that_finishes_last(tmp_path, monkeypatc
 
     monkeypatch.setattr(Writer, "_write", slow_first_file)
     writer = Writer(tmp_path, flush_seconds=60, max_queue_bytes=1 << 16, threads=2)  # 2 rows a file
-    rows = [(0, i, "grad", f"p{i}", 0, "", None, capture(torch.ones(1000, dtype=torch.float64), None)) for i in range(4)]
+    rows = [
+        (0, i, "grad", f"p{i}", 0, "", None, capture(torch.ones(1000, dtype=torch.float64), None)) for i in range(4)
+    ]
     for row in rows[:2]:
-        writer.put((*row, None, None, None, None))
+        writer.put(Row(*row))
     deadline = time.monotonic() + 5
     while 0 not in writer._in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
     flushed = threading.Thread(target=writer.flush)  # must wait for file 0 (rows 0 and 1)
     flushed.start()
     for row in rows[2:]:  # file 1, written at once by the other thread
-        writer.put((*row, None, None, None, None))
+        writer.put(Row(*row))
     time.sleep(0.3)
     assert flushed.is_alive(), "flush returned before file 0 was written"
     gate.set()
@@ -372,7 +376,7 @@ def test_flush_waits_for_an_earlier_file_that_finishes_last(tmp_path, monkeypatc
 def _row(seq, step=0):
     from tracer._tensors import capture
 
-    return (step, seq, "grad", f"p{seq % 8}", 0, "", None, capture(torch.ones(4), None), None, None, None, None)
+    return Row(step, seq, "grad", f"p{seq % 8}", 0, "", None, capture(torch.ones(4), None))
 
 
 def _slow_writes(monkeypatch, *, per_file, per_row):
@@ -445,7 +449,7 @@ def test_a_file_takes_no_more_rows_than_it_can_write_in_time(tmp_path, monkeypat
 
 
 def test_a_tensor_too_large_for_a_list_keeps_its_statistics(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracer._store, "MAX_LIST_VALUES", 100)
+    monkeypatch.setattr(tracer._encode, "MAX_LIST_VALUES", 100)
     model = nn.Linear(10, 20)  # weight: 200 elements, bias: 20
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with tracer.trace(model, opt, path=tmp_path / "t", max_values=None, capture=["param"]) as run:
@@ -514,9 +518,7 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_sigkill_mid_run_leaves_a_loadable_trace(tmp_path):
     path = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         last = 0
         deadline = time.monotonic() + 60

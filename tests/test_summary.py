@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -54,3 +56,146 @@ def test_a_name_with_a_newline_stays_on_its_line(tmp_path):
     assert "enc\nout" not in text
     assert "  grad             enc\\nout.weight, enc\\nout.bias" in text
     assert 2 == sum(line.startswith("  enc\\nout.") for line in text.splitlines())  # the norms table
+
+
+# --------------------------------------------------------------------------- the shared series
+
+
+def test_loss_per_step_under_gradient_accumulation_is_what_the_script_logs(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1).double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(3, 4, 8, 4, dtype=torch.float64), torch.randn(3, 4, 8, 1, dtype=torch.float64)
+    k, logged = 4, []
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        for step in range(3):
+            total = 0.0
+            for micro in range(k):  # nanoGPT: each micro-batch's loss divided by k, then backward
+                loss = nn.functional.mse_loss(model(x[step, micro]), y[step, micro]) / k
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            optimizer.zero_grad()
+            with torch.no_grad():
+                model(x[step, 0])  # an evaluation pass: no loss, not counted
+            logged.append(total)
+    summary = summarize(run.path)
+    assert [(s, k) for s in range(3)] == [(r["step"], r["calls"]) for r in summary["loss"]]
+    assert logged == pytest.approx([r["loss"] for r in summary["loss"]], rel=1e-12)
+    assert "loss per step (the sum of its micro-batch losses)" in format_summary(summary)
+
+
+def test_an_lbfgs_closure_counts_once_per_step(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1).double()
+    optimizer = torch.optim.LBFGS(model.parameters(), max_iter=3)
+    x, y = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        returned = [optimizer.step(closure).item() for _ in range(2)]  # the loss at the step's start
+    assert 3 == len(tracer.load(run.path, kind="loss", step=0))  # three evaluations in one step
+    summary = summarize(run.path)
+    assert returned == pytest.approx([r["loss"] for r in summary["loss"]], rel=1e-12)
+    assert [1, 1] == [r["calls"] for r in summary["loss"]]
+
+
+def test_a_gan_has_a_loss_series_per_network(tmp_path):
+    from test_diagnose import gan_run
+
+    run = gan_run(tmp_path / "t", 3)
+    summary = summarize(run.path)
+    assert ["discriminator", "generator"] * 3 == [r["series"] for r in summary["loss"]]
+    losses = tracer.load(run.path, kind="loss")
+    assert list(losses["mean"]) == [r["loss"] for r in summary["loss"]]  # call 0, then call 1, each step
+    assert "  step  loss discriminator  loss generator" in format_summary(summary)
+
+
+def _nan_in_the_data(path):
+    import torch
+    from test_diagnose import fit, mlp
+
+    model = mlp()
+    x = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[40:48] = float("nan")  # the 6th batch of 8 is poisoned: seen from some step on
+    return fit(path, model, torch.optim.SGD(model.parameters(), lr=0.05), 4, x=x, y=x[:, :1], batch=32).path
+
+
+def _causal(path, nan_at=None):
+    from test_diagnose import causal_run
+
+    return causal_run(path, nan_at=nan_at).path
+
+
+def _amp_overflow(path):
+    from test_diagnose import _amp_run
+
+    return _amp_run(path, init_scale=2.0**127).path
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (_nan_in_the_data, (0, "input", "", "0")),
+        (_causal, None),  # the -inf of a causal mask
+        (lambda path: _causal(path, nan_at=3), (3, "input", "", "0")),
+        (_amp_overflow, None),  # a GradScaler's skipped steps: its inf/NaN are excused
+    ],
+    ids=["nan-data", "causal-mask", "causal-mask-and-nan-data", "amp-skips"],
+)
+def test_summary_and_diagnose_name_the_same_first_nonfinite_value(tmp_path, make, expected):
+    from tracer._diagnose import diagnose
+
+    path = make(tmp_path / "t")
+    found = summarize(path)["first_nonfinite"]
+    findings = [f for f in diagnose(path) if f.code == "first-nonfinite"]
+    by_summary = None if found is None else (found["step"], found["kind"], found["name"], found["part"])
+    first = findings[0] if findings else None
+    by_diagnose = None if first is None else (first.step, first.kind, first.name, first.evidence.get("part", ""))
+    assert expected == by_summary
+    assert expected == by_diagnose
+    if found is not None:
+        assert first is not None and str(found["index"]) == first.evidence["index"]
+
+
+def test_a_trace_a_run_and_a_dataframe_summarise_alike(tmp_path):
+    from test_diagnose import causal_run
+
+    run = causal_run(tmp_path / "t", nan_at=2)
+    by_path, by_run, by_frame = summarize(run.path), summarize(run), summarize(tracer.load(run.path))
+    for key in ("steps", "rows", "kinds", "loss", "parameters", "first_nonfinite", "skipped_steps"):
+        same = {json.dumps(s[key], sort_keys=True) for s in (by_path, by_run, by_frame)}  # NaN equals NaN here
+        assert 1 == len(same), key
+    assert 2 == by_path["first_nonfinite"]["step"]
+    assert (0, "DataFrame") == (by_frame["files"], by_frame["path"])
+
+
+def test_the_series_are_computed_once_per_trace(tmp_path, monkeypatch):
+    from _reference import trace_reference
+
+    from tracer._diagnose import diagnose
+    from tracer._series import series
+    from tracer._trace import Trace
+
+    trace = tracer.open(trace_reference(tmp_path / "t", steps=3))
+    assert series(trace) is series(trace)
+    assert series(trace) is not series(trace.path)  # a path opens another Trace
+    diagnose(trace)
+    losses = list(tracer.load(trace.path, kind="loss")["mean"])
+    reads, rows = [], Trace.rows
+    monkeypatch.setattr(
+        Trace, "rows", lambda self, *args, **kwargs: reads.append(kwargs) or rows(self, *args, **kwargs)
+    )
+    assert losses == [r["loss"] for r in summarize(trace)["loss"]]
+    assert [] == reads  # diagnose read the statistics; the summary reuses them

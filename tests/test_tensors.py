@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from tracer._schema import Row
 from tracer._store import Writer
 from tracer._tensors import CopyPool, Unreadable, adopt, capture, finish
 
@@ -423,7 +424,9 @@ def test_sparse_statistics_special_cases():
 
 
 def test_a_huge_sparse_tensor_is_never_densified():
-    huge = _coo(torch.tensor([[0, 999_999], [5, 999_998]]), torch.tensor([1.0, -2.0], dtype=torch.float64), (10**6, 10**6))
+    huge = _coo(
+        torch.tensor([[0, 999_999], [5, 999_998]]), torch.tensor([1.0, -2.0], dtype=torch.float64), (10**6, 10**6)
+    )
     c = capture(huge, 1000)  # 10**12 dense elements: 4 TB if densified
     assert ((10**6, 10**6), 10**12, None) == (c.shape, c.numel, c.values)
     stats, _ = _finish_elsewhere(c)
@@ -521,7 +524,9 @@ class _Wrapper(torch.Tensor):
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        unwrap = lambda x: x.inner if isinstance(x, _Wrapper) else x
+        def unwrap(x):
+            return x.inner if isinstance(x, _Wrapper) else x
+
         out = func(*[unwrap(a) for a in args], **{k: unwrap(v) for k, v in (kwargs or {}).items()})
         return _Wrapper(out) if isinstance(out, torch.Tensor) else out
 
@@ -658,7 +663,7 @@ def test_functionalize_reads_the_value_after_pending_view_updates():
 
 
 def _row(seq, captured, name="x"):
-    return (0, seq, "activation", name, 0, "", "Module", captured, False, None, None, None)
+    return Row(0, seq, "activation", name, 0, "", "Module", captured, False)
 
 
 def _write_and_read(tmp_path, rows):
@@ -690,7 +695,9 @@ def test_round_trip_through_the_writer(tmp_path):
     ]
     got = _write_and_read(tmp_path, rows)
     assert list(range(8)) == got["seq"]
-    assert ["complex64", "complex128", "complex128", "complex128", "float32", "qint8", "float32", "float32"] == got["dtype"]
+    assert ["complex64", "complex128", "complex128", "complex128", "float32", "qint8", "float32", "float32"] == got[
+        "dtype"
+    ]
     assert [[2], [5000], [2], [5000], [sum(lengths), 8], [2], [4], [4]] == got["shape"]
     assert [2, 5000, 2, 5000, sum(lengths) * 8, 2, 4, 4] == got["numel"]
     values = got["values"]

@@ -475,5 +475,5 @@ def test_diff_never_compares_a_training_row_with_an_evaluation_row(ref, evaluate
     found = tracer.diff(frame, ref.path, kinds=["input", "activation"])
     assert ("input", "", 0, "missing", True) == (found.kind, found.name, found.call, found.field, found.evaluation)
     assert "input '' call 0 part '0' (evaluation, no gradients) is in a but not in b" in str(found)
-    training = frame[frame.grad_enabled != False]
+    training = frame[frame.grad_enabled.ne(False)]
     assert tracer.diff(training, tracer.load(ref.path, step=0), kinds=["input", "activation"]) is None

@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _NAMES = {
-    "ALL": "tracer._session",
-    "DEFAULT_MAX_VALUES": "tracer._session",
+    "ALL": "tracer._options",
+    "DEFAULT_MAX_VALUES": "tracer._options",
     "Divergence": "tracer._diff",
     "Finding": "tracer._diagnose",
     "Findings": "tracer._diagnose",
@@ -44,16 +44,39 @@ _NAMES = {
 _ALIASES = {"open": "open_trace"}  # tracer.open is _trace.open_trace (no shadowed builtin there)
 _MODULES = ("export", "integrations", "plots", "rules", "testing")
 
-__all__ = sorted([*_NAMES, "__version__"])
+__all__ = [
+    "ALL",
+    "DEFAULT_MAX_VALUES",
+    "Divergence",
+    "Finding",
+    "Findings",
+    "KINDS",
+    "Report",
+    "Run",
+    "SCHEMA_VERSION",
+    "Thresholds",
+    "Trace",
+    "TraceFormatError",
+    "TraceWriteError",
+    "TracerError",
+    "__version__",
+    "diagnose",
+    "diff",
+    "load",
+    "open",
+    "report",
+    "trace",
+]
 
 if TYPE_CHECKING:
     from tracer._diagnose import Finding, Findings, Thresholds, diagnose
     from tracer._diff import Divergence, diff
     from tracer._errors import TraceFormatError, TracerError, TraceWriteError
     from tracer._load import load
+    from tracer._options import ALL, DEFAULT_MAX_VALUES
     from tracer._report import Report, report
     from tracer._schema import KINDS, SCHEMA_VERSION
-    from tracer._session import ALL, DEFAULT_MAX_VALUES, Run, trace
+    from tracer._session import Run, trace
     from tracer._trace import Trace
     from tracer._trace import open_trace as open
 

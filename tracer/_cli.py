@@ -1,4 +1,7 @@
-"""The ``tracer`` command line (also ``python -m tracer``): summary, diff, report.
+"""The ``tracer`` command line (also ``python -m tracer``): summary, diff, report, diagnose, export.
+
+Every command opens each trace it is given once (:meth:`tracer.Trace.open`, which also
+checks it) and hands that ``Trace`` on, so a command reads the trace once.
 
 Exit codes: 0 ok, 1 a divergence (``diff``) or a failed check (``report --check``),
 2 bad input (one line on stderr, never a traceback).
@@ -13,6 +16,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tracer._report import Report
+    from tracer._trace import Trace
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -78,9 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_summary(commands: argparse._SubParsersAction) -> None:
-    summary = _command(
-        commands, "summary", "steps, kinds, names, sizes, loss and norms of a trace", _SUMMARY_EPILOG
-    )
+    summary = _command(commands, "summary", "steps, kinds, names, sizes, loss and norms of a trace", _SUMMARY_EPILOG)
     summary.add_argument("path", metavar="PATH", help="the trace directory")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     summary.set_defaults(func=_summary)
@@ -139,19 +145,17 @@ def _command(
     )
 
 
-def _trace_dir(path: str) -> Path:
-    """``path`` checked as a trace (missing, not a trace, corrupt: TraceFormatError)."""
-    from tracer._reader import check_trace_dir
+def _open(path: str) -> Trace:
+    """The trace at ``path``, opened and checked (missing, not a trace, corrupt: TraceFormatError)."""
+    from tracer._trace import Trace
 
-    checked = Path(path)
-    check_trace_dir(checked)
-    return checked
+    return Trace.open(Path(path))
 
 
 def _summary(args: argparse.Namespace) -> int:
     from tracer._summary import format_summary, summarize
 
-    data = summarize(_trace_dir(args.path))
+    data = summarize(_open(args.path))
     print(json.dumps(_strict_json(data), indent=2) if args.json else format_summary(data))
     return EXIT_OK
 
@@ -159,38 +163,40 @@ def _summary(args: argparse.Namespace) -> int:
 def _diff(args: argparse.Namespace) -> int:
     from tracer._diff import diff
 
-    a, b = _trace_dir(args.a), _trace_dir(args.b)
+    a, b = _open(args.a), _open(args.b)
     found = diff(a, b, rtol=args.rtol, atol=args.atol, kinds=args.kinds)
     if found is None:
-        print(f"no divergence: {_shown(a)} and {_shown(b)} are close")
+        print(f"no divergence: {_shown(a.source)} and {_shown(b.source)} are close")
         return EXIT_OK
-    print(f"a: {_shown(a)}\nb: {_shown(b)}\n{found}")
+    print(f"a: {_shown(a.source)}\nb: {_shown(b.source)}\n{found}")
     return EXIT_DIFFERENT
 
 
 def _report(args: argparse.Namespace) -> int:
     from tracer._report import report
 
-    path = _trace_dir(args.path)
-    result = report(path, step=args.step, name=args.name)
+    result = report(_open(args.path), step=args.step, name=args.name)
     text = result.to_html() if args.format == "html" else result.to_markdown()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {_shown(args.output)}")
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    if args.check:
-        table = result.to_frame()
-        failing = sum(not _passed(m) for m in table["matches"])
-        if failing or table.empty:
-            what = (
-                "no update was traced"
-                if table.empty
-                else f"{failing} of {len(table)} updates do not follow their rule or could not be checked"
-            )
-            print(f"tracer: check failed: {what}", file=sys.stderr)
-            return EXIT_DIFFERENT
+    failed = _check_failure(result) if args.check else None
+    if failed:
+        print(f"tracer: check failed: {failed}", file=sys.stderr)
+        return EXIT_DIFFERENT
     return EXIT_OK
+
+
+def _check_failure(result: Report) -> str | None:
+    """Why ``report --check`` fails (None: every update was checked and follows its rule)."""
+    counts = result.counts
+    total = sum(counts.values())
+    if not total:
+        return "no update was traced"
+    failing = counts["differ"] + counts["unchecked"]
+    return f"{failing} of {total} updates do not follow their rule or could not be checked" if failing else None
 
 
 def _strict_json(value: object) -> object:
@@ -202,13 +208,6 @@ def _strict_json(value: object) -> object:
     if isinstance(value, list):
         return [_strict_json(v) for v in value]
     return value
-
-
-def _passed(matches: object) -> bool:
-    """A report row's ``matches``: only a real True passes (None/NA means unchecked)."""
-    import pandas as pd
-
-    return matches is not None and not pd.isna(matches) and bool(matches)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -258,6 +257,6 @@ def _diagnose(args: argparse.Namespace) -> int:
     from tracer._diagnose import Thresholds, diagnose
 
     thresholds = Thresholds.parse(args.threshold)  # a bad NAME=VALUE: ValueError, exit 2
-    findings = diagnose(_trace_dir(args.path), thresholds=thresholds)
+    findings = diagnose(_open(args.path), thresholds=thresholds)
     sys.stdout.write(findings.to_json() + "\n" if args.json else str(findings))
     return EXIT_DIFFERENT if findings.has_errors else EXIT_OK

@@ -5,22 +5,26 @@ checks the destination (when ``trace()`` is called) and prepares it (when the bl
 entered: deleting an old trace's files with ``overwrite=True``, writing ``_tracer.json``);
 the other ranks wait for its word through the process group's store, so that no rank sees
 the metadata rank 0 has just written as "a trace already here", and rank 0 never deletes
-files another rank has started writing. A rank that traces alone (``if rank == 0:``) waits
-for nobody. Without an initialized process group, the process does both itself.
+files another rank has started writing. Ranks meet by counting their traces: trace on every
+rank, or on rank 0 alone (which waits for nobody), for the whole run. A rank tracing into a
+directory of its own (``path=f"traces/rank{rank}"``) prepares it itself. Without an
+initialized process group, the process does both itself.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 _WAIT_SECONDS = 300.0
-_counters: dict[str, "itertools.count[int]"] = {}
+_counters: dict[str, itertools.count[int]] = {}
 
 
 def rank() -> int:
@@ -41,43 +45,46 @@ def _store() -> Any:
         return None
 
 
-def _key(stage: str, path: Path | None) -> str:
-    """The same key on every rank for the n-th ``stage`` of the same path."""
-    where = "<default>" if path is None else os.path.abspath(path)
-    name = f"{stage}:{where}"
-    counter = _counters.setdefault(name, itertools.count())
-    return f"tracer/{name}/{next(counter)}"
+def _key(stage: str) -> str:
+    """The same key on every rank for the n-th ``stage`` of this process (ranks meet by
+    counting their traces, which is why every rank, or rank 0 alone, traces throughout)."""
+    counter = _counters.setdefault(stage, itertools.count())
+    return f"tracer/{stage}/{next(counter)}"
 
 
-def on_rank_zero(stage: str, path: Path | None, work: Callable[[], str]) -> str:
-    """Run ``work`` on rank 0 and hand its result (a string) to every rank.
+def on_rank_zero(stage: str, path: Path | None, work: Callable[[Path | None], str]) -> str:
+    """Run ``work`` on rank 0 and hand its result (a string) to every rank tracing into the
+    same directory.
 
-    ``work`` raising on rank 0 raises the same error class and message on every rank.
-    Outside a distributed run, ``work()`` runs here.
+    ``work`` raising on rank 0 raises the same error class and message on those ranks. A
+    rank whose ``path`` differs from rank 0's (a directory per rank) does the work itself,
+    as a process outside a distributed run does.
     """
     store = _store()
     if store is None:
-        return work()
-    key = _key(stage, path)
+        return work(path)
+    key = _key(stage)
+    mine = None if path is None else os.path.abspath(path)
     if rank() == 0:
         try:
-            result = work()
+            result = work(path)
         except BaseException as exc:
-            store.set(key, f"E{type(exc).__name__}\n{exc}")
+            store.set(key, json.dumps({"path": mine, "error": [type(exc).__name__, str(exc)]}))
             raise
-        store.set(key, "O" + result)
+        store.set(key, json.dumps({"path": mine, "result": result}))
         return result
     try:
         store.wait([key], _dt.timedelta(seconds=_WAIT_SECONDS))
     except RuntimeError as exc:  # the store's timeout
         raise RuntimeError(
             f"tracer on rank {rank()} waited {_WAIT_SECONDS:.0f} s for rank 0 to {stage} the trace "
-            f"directory {str(path)!r}: call tracer.trace with the same path on rank 0 too "
-            "(every rank, or rank 0 alone)"
+            f"directory {str(path)!r}: call tracer.trace on rank 0 too (every rank, or rank 0 alone)"
         ) from exc
-    message = store.get(key).decode("utf-8")
-    if message.startswith("O"):
-        return message[1:]
-    name, _, text = message[1:].partition("\n")
-    error = {"FileExistsError": FileExistsError, "NotADirectoryError": NotADirectoryError}.get(name, OSError)
-    raise error(f"rank 0 could not {stage} the trace directory: {text}")
+    word = json.loads(store.get(key).decode("utf-8"))
+    if mine is not None and word["path"] != mine:
+        return work(path)  # not rank 0's directory: nobody else writes here
+    if "error" in word:
+        name, text = word["error"]
+        error = {"FileExistsError": FileExistsError, "NotADirectoryError": NotADirectoryError}.get(name, OSError)
+        raise error(f"rank 0 could not {stage} the trace directory: {text}")
+    return str(word["result"])

@@ -1,23 +1,37 @@
 """``tracer.diff``: the first place two traces part ways, in training order.
 
-Also the two helpers every comparison in tracer shares: :func:`frame` (a path, a ``Run``
-or a DataFrame -> the rows wanted) and :func:`tolerances` (``torch.testing``'s defaults
-for a traced dtype).
+Each trace is opened once (:meth:`tracer.Trace.open`) and read once, with the filters
+pushed into the Parquet reader. The tolerances are those of every comparison in tracer
+(:mod:`tracer._tolerances`); the answer is a :class:`~tracer._divergence.Divergence`.
+
+>>> d = diff("traces/before", "traces/after", kinds=["loss", "grad"])  # doctest: +SKIP
+>>> print(d)                                                          # doctest: +SKIP
+traces diverge at step 3: grad 'fc.weight' call 0: values differ at index (0, 1): ...
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tracer._schema import KINDS
+from tracer._divergence import (
+    EXACT_STATS,
+    Divergence,
+    describe,
+    flat_to_index,
+    missing_note,
+)
+from tracer._tolerances import close, tolerances
+from tracer._trace import KindFilter, NameFilter, StepFilter, Trace, TraceLike
+from tracer._trace import check_kinds as _check_kinds
 
 if TYPE_CHECKING:
     import pandas
+
+__all__ = ["KEY", "STATS", "Divergence", "check_kinds", "close", "compare", "describe", "diff",
+           "flat_to_index", "frame", "tolerances"]  # fmt: skip
 
 _STORED_KEY = ("step", "rank", "kind", "name", "call", "part")
 KEY = (*_STORED_KEY, "evaluation")
@@ -29,259 +43,55 @@ row is never compared with an evaluation row."""
 STATS = ("numel", "mean", "std", "min", "max", "norm", "nonfinite")
 """Compared when a row's values are not stored in both traces (``nonfinite`` and ``numel`` exactly)."""
 
-_EXACT_STATS = ("numel", "nonfinite")
 _DIFF_COLUMNS = (*_STORED_KEY, "grad_enabled", "seq", "shape", "dtype", *STATS, "values")
-
-# torch.testing's defaults, used only when its private table cannot be imported
-_FALLBACK_TOLERANCES = {
-    "float16": (1e-3, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float32": (1.3e-6, 1e-5),
-    "float64": (1e-7, 1e-7),
-    "complex32": (1e-3, 1e-5),
-    "complex64": (1.3e-6, 1e-5),
-    "complex128": (1e-7, 1e-7),
-}
-
-
-# --------------------------------------------------------------------------- shared helpers
 
 
 def frame(
-    trace: Any,
+    trace: TraceLike,
     *,
-    kind: str | Iterable[str] | None = None,
-    name: str | Iterable[str] | None = None,
-    step: int | Iterable[int] | slice | None = None,
+    kind: KindFilter = None,
+    name: NameFilter = None,
+    step: StepFilter = None,
     columns: Sequence[str] | None = None,
 ) -> pandas.DataFrame:
-    """The rows of ``trace`` (a path, a ``Run`` or a DataFrame from ``tracer.load``), filtered.
+    """The rows of ``trace``, filtered as ``tracer.load`` filters, in training order.
 
-    Filters mean what they mean in ``tracer.load``; rows come back in training order.
+    Example::
+
+        grads = frame(tracer.open("traces/run1"), kind="grad", columns=["step", "name", "values"])
+
+    Raises:
+        ValueError: ``trace`` is a DataFrame that lacks one of the ``columns``.
     """
-    import pandas as pd
-
-    if not isinstance(trace, pd.DataFrame):
-        from tracer._load import load
-
-        return load(trace, kind=kind, name=name, step=step, columns=columns)
-    wanted = list(columns) if columns is not None else list(trace.columns)
-    filtered_on = [c for c, f in (("kind", kind), ("name", name), ("step", step)) if f is not None]
-    missing = [c for c in dict.fromkeys([*wanted, *filtered_on]) if c not in trace.columns]
+    opened = Trace.open(trace)
+    rows = opened.rows(kind=kind, name=name, step=step, columns=columns)
+    missing = [c for c in columns or () if c not in rows.columns]
     if missing:
         raise ValueError(
             f"the DataFrame lacks the trace column(s) {missing}; pass the DataFrame that "
             "tracer.load(path) returns, with all its columns"
         )
-    keep = np.ones(len(trace), dtype=bool)
-    if kind is not None:
-        keep &= trace["kind"].isin([kind] if isinstance(kind, str) else list(kind)).to_numpy()
-    if name is not None:
-        keep &= _name_mask(trace["name"], name)
-    if step is not None:
-        keep &= _step_mask(trace["step"], step)
-    rows = trace.loc[keep]
-    order = [c for c in ("step", "rank", "seq") if c in rows.columns]
-    if order:
-        rows = rows.sort_values(order, kind="stable")
-    return rows[wanted].reset_index(drop=True)
+    return rows
 
 
-def _name_mask(names: pandas.Series, name: str | Iterable[str]) -> np.ndarray:
-    patterns = [name] if isinstance(name, str) else list(name)
-    if not any(ch in p for p in patterns for ch in "*?["):
-        return names.isin(patterns).to_numpy()
-    return np.array([any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names], dtype=bool)
-
-
-def _step_mask(steps: pandas.Series, step: int | Iterable[int] | slice) -> np.ndarray:
-    values = steps.to_numpy()
-    if isinstance(step, slice):
-        if step.step not in (None, 1):
-            return np.isin(values, list(range(step.start or 0, step.stop, step.step)))
-        keep = np.ones(len(values), dtype=bool)
-        if step.start is not None:
-            keep &= values >= step.start
-        if step.stop is not None:
-            keep &= values < step.stop
-        return keep
-    if isinstance(step, (int, np.integer)):
-        return values == step
-    return np.isin(values, list(step))
-
-
-def tolerances(*dtypes: str, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
-    """``(rtol, atol)``: the given ones, else ``torch.testing.assert_close``'s defaults.
-
-    With several dtypes the loosest default wins, as ``assert_close`` does for two inputs of
-    different dtypes. Giving only one of ``rtol``/``atol`` keeps the default of the other.
-    """
-    if rtol is not None and atol is not None:
-        return float(rtol), float(atol)
-    default_rtol, default_atol = _default_tolerances(tuple(sorted(set(dtypes))))
-    return (
-        default_rtol if rtol is None else float(rtol),
-        default_atol if atol is None else float(atol),
-    )
-
-
-_tolerance_cache: dict[tuple[str, ...], tuple[float, float]] = {}
-
-
-def _default_tolerances(dtypes: tuple[str, ...]) -> tuple[float, float]:
-    cached = _tolerance_cache.get(dtypes)
-    if cached is not None:
-        return cached
-    import torch
-
-    torch_dtypes = [d for d in (getattr(torch, name, None) for name in dtypes) if isinstance(d, torch.dtype)]
-    try:  # reuse torch.testing's own table rather than copying it
-        from torch.testing._comparison import default_tolerances
-
-        result = default_tolerances(*torch_dtypes) if torch_dtypes else (0.0, 0.0)
-    except (ImportError, TypeError, ValueError):
-        pairs = [_FALLBACK_TOLERANCES.get(name, (0.0, 0.0)) for name in dtypes]
-        result = (max((p[0] for p in pairs), default=0.0), max((p[1] for p in pairs), default=0.0))
-    _tolerance_cache[dtypes] = (float(result[0]), float(result[1]))
-    return _tolerance_cache[dtypes]
-
-
-def check_kinds(kinds: str | Iterable[str] | None) -> list[str] | None:
+def check_kinds(kinds: KindFilter) -> list[str] | None:
     """``kinds`` as a list, or None for all; an unknown kind is a ValueError."""
+    _check_kinds(kinds)
     if kinds is None:
         return None
-    wanted = [kinds] if isinstance(kinds, str) else list(kinds)
-    unknown = [k for k in wanted if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown kind(s) {unknown}; valid kinds are {list(KINDS)}")
-    return wanted
-
-
-def close(a: np.ndarray, b: np.ndarray, rtol: Any, atol: Any) -> np.ndarray:
-    """``torch.isclose`` elementwise (``|a - b| <= atol + rtol·|b|``), NaN equal to NaN."""
-    with np.errstate(all="ignore"):
-        return (a == b) | (np.abs(a - b) <= atol + rtol * np.abs(b)) | (np.isnan(a) & np.isnan(b))
-
-
-def describe(kind: str, name: str, call: int, part: str, rank: int = 0, evaluation: bool = False) -> str:
-    """``"grad 'fc.weight' call 0"``: how messages name one row."""
-    text = f"{kind} {name!r} call {call}"
-    if part:
-        text += f" part {part!r}"
-    if rank:
-        text += f" rank {rank}"
-    if evaluation:
-        text += " (evaluation, no gradients)"
-    return text
-
-
-def flat_to_index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
-    """Flat (row-major) index -> index into a tensor of ``shape``."""
-    if not len(shape):
-        return ()
-    return tuple(int(i) for i in np.unravel_index(flat, tuple(int(s) for s in shape)))
-
-
-# --------------------------------------------------------------------------- Divergence
-
-
-@dataclasses.dataclass(frozen=True)
-class Divergence:
-    """Where two traces first differ, in training order; ``str()`` explains it.
-
-    Attributes:
-        step, kind, name, call, part, rank: the row (see the trace columns).
-        field: what differs: ``"missing"`` (the row is in one trace only), ``"shape"``,
-            ``"values"``, or a statistic (``"mean"``, ``"norm"``, ...) when the values are
-            not stored in both traces.
-        index: for ``"values"``, the flat (row-major) index of the first differing element.
-        a, b: the two values there: numbers for values/statistics, shapes for ``"shape"``,
-            and for ``"missing"`` whether the row is in ``a`` / in ``b``.
-        later: how many later rows (in training order) also differ.
-        evaluation: the row is of a forward pass run without gradients (``grad_enabled``
-            false), whose calls are counted apart from the training ones.
-    """
-
-    step: int
-    kind: str
-    name: str
-    call: int
-    part: str
-    field: str
-    index: int | None
-    a: Any
-    b: Any
-    later: int
-    rank: int = 0
-    evaluation: bool = False
-    shape: tuple[int, ...] | None = dataclasses.field(default=None, repr=False)
-    rtol: float | None = dataclasses.field(default=None, repr=False)
-    atol: float | None = dataclasses.field(default=None, repr=False)
-    note: str = dataclasses.field(default="", repr=False)
-    labels: tuple[str, str] = dataclasses.field(default=("a", "b"), repr=False)
-
-    def __str__(self) -> str:
-        la, lb = self.labels
-        row = describe(self.kind, self.name, self.call, self.part, self.rank, self.evaluation)
-        head = f"traces diverge at step {self.step}: {row}"
-        if self.field == "missing":
-            where = f"is in {la} but not in {lb}" if self.a else f"is in {lb} but not in {la}"
-            lines = [f"{head} {where}" + (f" ({self.note})" if self.note else "")]
-        elif self.field == "shape":
-            lines = [f"{head} has shape {_shape(self.a)} in {la} and {_shape(self.b)} in {lb}"]
-        else:
-            if self.field == "values":
-                at = f"values differ at index {flat_to_index(self.index or 0, self.shape or ())}"
-                if self.shape is not None and len(self.shape) > 1:
-                    at += f" (flat index {self.index})"
-            else:
-                at = f"statistic {self.field!r} differs (values are not stored in both traces)"
-            lines = [f"{head}: {at}: {la} = {self.a!r}, {lb} = {self.b!r}"]
-            if self.rtol is not None and self.atol is not None and self.field not in _EXACT_STATS:
-                diff, allowed = _abs_diff(self.a, self.b), self.atol + self.rtol * _abs(self.b)
-                lines.append(
-                    f"  |{la} - {lb}| = {diff:.6g}, allowed atol + rtol·|{lb}| = {allowed:.3g} "
-                    f"(rtol={self.rtol:.3g}, atol={self.atol:.3g})"
-                )
-        if self.later == 1:
-            lines.append("  1 later row also differs")
-        elif self.later:
-            lines.append(f"  {self.later} later rows also differ")
-        else:
-            lines.append("  no later row differs")
-        return "\n".join(lines)
-
-
-def _shape(shape: Any) -> str:
-    return str(tuple(int(s) for s in shape))
-
-
-def _abs(x: Any) -> float:
-    try:
-        return abs(complex(x))
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _abs_diff(a: Any, b: Any) -> float:
-    """|a − b| of two numbers, real or complex (NaN when either is not a number)."""
-    try:
-        with np.errstate(all="ignore"):
-            return float(abs(complex(a) - complex(b)))
-    except (TypeError, ValueError, OverflowError):
-        return float("nan")
+    return [kinds] if isinstance(kinds, str) else list(kinds)
 
 
 # --------------------------------------------------------------------------- diff
 
 
 def diff(
-    a: Any,
-    b: Any,
+    a: TraceLike,
+    b: TraceLike,
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    kinds: str | Iterable[str] | None = None,
+    kinds: KindFilter = None,
 ) -> Divergence | None:
     """The first divergence between two traces in training order, or None when they are close.
 
@@ -297,7 +107,7 @@ def diff(
             print(d)          # traces diverge at step 3: grad 'fc.weight' call 0: ...
 
     Args:
-        a, b: traces: paths, ``Run`` objects or DataFrames from ``tracer.load``.
+        a, b: traces: paths, ``Run`` objects, DataFrames from ``tracer.load`` or Traces.
         rtol, atol: tolerances as in ``torch.testing.assert_close``; by default that
             function's defaults for each row's dtype (for ``update`` rows, the parameter's).
         kinds: compare only these kinds (default: all).
@@ -310,18 +120,24 @@ def diff(
 
 
 def compare(
-    a: Any,
-    b: Any,
+    a: TraceLike,
+    b: TraceLike,
     *,
     rtol: float | None = None,
     atol: float | None = None,
-    kinds: str | Iterable[str] | None = None,
-    name: str | Iterable[str] | None = None,
-    step: int | Iterable[int] | slice | None = None,
+    kinds: KindFilter = None,
+    name: NameFilter = None,
+    step: StepFilter = None,
     labels: tuple[str, str] = ("a", "b"),
 ) -> Divergence | None:
-    """:func:`diff` with row filters and labels for the two traces (golden traces use them)."""
+    """:func:`diff` with row filters and labels for the two traces (golden traces use them).
+
+    Example::
+
+        compare(golden, run, kinds=["loss"], step=slice(0, 3), labels=("golden", "trace"))
+    """
     wanted = check_kinds(kinds)
+    a, b = Trace.open(a), Trace.open(b)
     fa = frame(a, kind=wanted, name=name, step=step, columns=_DIFF_COLUMNS)
     fb = frame(b, kind=wanted, name=name, step=step, columns=_DIFF_COLUMNS)
     if fa.empty and fb.empty:
@@ -347,9 +163,7 @@ def _merge(fa: pandas.DataFrame, fb: pandas.DataFrame) -> pandas.DataFrame:
         f["dup"] = f.groupby(list(KEY), sort=False).cumcount()
         return f
 
-    merged = pd.merge(
-        prepared(fa), prepared(fb), on=[*KEY, "dup"], how="outer", suffixes=("_a", "_b"), indicator=True
-    )
+    merged = pd.merge(prepared(fa), prepared(fb), on=[*KEY, "dup"], how="outer", suffixes=("_a", "_b"), indicator=True)
     merged["order"] = merged["order_a"].fillna(merged["order_b"])
     merged["b_only"] = merged["_merge"] == "right_only"
     merged = merged.sort_values(["step", "order", "b_only"], kind="stable")
@@ -358,8 +172,8 @@ def _merge(fa: pandas.DataFrame, fb: pandas.DataFrame) -> pandas.DataFrame:
 
 def _row_tolerances(
     merged: pandas.DataFrame,
-    a: Any,
-    b: Any,
+    a: Trace,
+    b: Trace,
     fa: pandas.DataFrame,
     fb: pandas.DataFrame,
     rtol: float | None,
@@ -375,10 +189,10 @@ def _row_tolerances(
         param_dtypes = {**_param_dtypes(b, fb), **_param_dtypes(a, fa)}
         names = merged["name"].to_numpy()
         ranks = merged["rank"].to_numpy()
-        for i in np.flatnonzero(kinds == "update"):
-            dt = param_dtypes.get((int(ranks[i]), names[i]))
+        for row in np.flatnonzero(kinds == "update"):
+            dt = param_dtypes.get((int(ranks[row]), names[row])) or param_dtypes.get((None, names[row]))
             if dt is not None:
-                dtype_a[i] = dtype_b[i] = dt
+                dtype_a[row] = dtype_b[row] = dt
     rtols, atols = np.empty(n), np.empty(n)
     for i, (da, db) in enumerate(zip(dtype_a, dtype_b)):
         present = tuple(d for d in (da, db) if isinstance(d, str))
@@ -386,13 +200,17 @@ def _row_tolerances(
     return rtols, atols
 
 
-def _param_dtypes(trace: Any, rows: pandas.DataFrame) -> dict[tuple[int, str], str]:
-    """``(rank, name) -> dtype`` of the parameters: an update is judged at its parameter's precision."""
+def _param_dtypes(trace: Trace, rows: pandas.DataFrame) -> dict[tuple[int | None, str], str]:
+    """``(rank, name) -> dtype`` of the parameters: an update is judged at its parameter's
+    precision. From the rows compared, else from the metadata (rank None: every rank), else
+    (a DataFrame without them) from the trace's param and grad rows."""
     params = rows[rows["kind"].isin(["param", "grad"])]
+    if params.empty and trace.meta.parameters:
+        return {(None, p.name): p.dtype for p in trace.meta.parameters if p.dtype}
     if params.empty:
         params = frame(trace, kind=["param", "grad"], columns=["rank", "kind", "name", "dtype"])
     params = params.sort_values("kind", key=lambda k: k != "param", kind="stable")  # param first
-    out: dict[tuple[int, str], str] = {}
+    out: dict[tuple[int | None, str], str] = {}
     for rank, name, dtype in zip(params["rank"], params["name"], params["dtype"]):
         out.setdefault((int(rank), name), dtype)
     return out
@@ -436,7 +254,7 @@ def _differs(merged: pandas.DataFrame, rtols: np.ndarray, atols: np.ndarray) -> 
     if stats_rows.any():
         for stat in STATS:
             x, y = _stat_column(merged, stat, "a"), _stat_column(merged, stat, "b")
-            if stat in _EXACT_STATS:
+            if stat in EXACT_STATS:
                 ok = (x == y) | (np.isnan(x) & np.isnan(y))
             else:
                 ok = close(x, y, rtols, atols)
@@ -477,7 +295,7 @@ def _divergence(
     fb: pandas.DataFrame,
     labels: tuple[str, str],
 ) -> Divergence:
-    key = {
+    key: dict[str, Any] = {
         "step": int(row["step"]),
         "kind": row["kind"],
         "name": row["name"],
@@ -490,12 +308,12 @@ def _divergence(
     }
     if row["_merge"] != "both":
         in_a = row["_merge"] == "left_only"
-        note = _missing_note(key, fa, fb, in_a, labels)
+        note = missing_note(key, fa, fb, in_a, labels)
         return Divergence(**key, field="missing", index=None, a=in_a, b=not in_a, note=note)
     shape_a, shape_b = _shape_tuple(row["shape_a"]), _shape_tuple(row["shape_b"])
     if shape_a != shape_b:
         return Divergence(**key, field="shape", index=None, a=shape_a, b=shape_b)
-    tol = {"rtol": rtol, "atol": atol, "shape": shape_a}
+    tol: dict[str, Any] = {"rtol": rtol, "atol": atol, "shape": shape_a}
     if _has_values(row["values_a"]) and _has_values(row["values_b"]):
         va, vb = _flat(row["values_a"]), _flat(row["values_b"])
         if va.size != vb.size:  # a shape that does not match its values: report the lengths
@@ -504,11 +322,13 @@ def _divergence(
         return Divergence(**key, field="values", index=flat, a=_number(va[flat]), b=_number(vb[flat]), **tol)
     for stat in STATS:
         x, y = _stat_value(row[f"{stat}_a"]), _stat_value(row[f"{stat}_b"])
-        same = (x == y or (np.isnan(x) and np.isnan(y))) if stat in _EXACT_STATS else bool(
-            close(np.float64(x), np.float64(y), rtol, atol)
+        same = (
+            (x == y or (np.isnan(x) and np.isnan(y)))
+            if stat in EXACT_STATS
+            else bool(close(np.float64(x), np.float64(y), rtol, atol))
         )
         if not same:
-            if stat in _EXACT_STATS and not (np.isnan(x) or np.isnan(y)):
+            if stat in EXACT_STATS and not (np.isnan(x) or np.isnan(y)):
                 x, y = int(x), int(y)
             return Divergence(**key, field=stat, index=None, a=x, b=y, **tol)
     raise AssertionError("a row marked as differing has no difference")  # pragma: no cover
@@ -519,38 +339,3 @@ def _stat_value(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def _missing_note(
-    key: dict[str, Any], fa: pandas.DataFrame, fb: pandas.DataFrame, in_a: bool, labels: tuple[str, str]
-) -> str:
-    """Why a row is in one trace only: the step is missing, or the name changed."""
-    here, there = (fa, fb) if in_a else (fb, fa)
-    other = labels[1] if in_a else labels[0]
-    step = key["step"]
-    there_steps = there["step"].unique()
-    if step not in there_steps:
-        return f"{other} has no step {step}; its steps are {_steps_text(there_steps)}"
-    same = there[(there["step"] == step) & (there["kind"] == key["kind"])]
-    if same.empty:
-        return f"{other} has no {key['kind']} rows at step {step}"
-    names_here = set(here.loc[(here["step"] == step) & (here["kind"] == key["kind"]), "name"])
-    instead = [n for n in dict.fromkeys(same["name"]) if n not in names_here]
-    if instead:
-        shown = ", ".join(repr(n) for n in instead[:5]) + (", ..." if len(instead) > 5 else "")
-        return f"{other} has {key['kind']} {shown} at step {step} instead"
-    if key["name"] in set(same["name"]):
-        calls = sorted(set(same.loc[same["name"] == key["name"], "call"]))
-        return f"{other} has {key['kind']} {key['name']!r} at step {step} with calls {calls}"
-    return ""
-
-
-def _steps_text(steps: Any) -> str:
-    steps = sorted({int(s) for s in steps})
-    if not steps:
-        return "none"
-    if len(steps) == steps[-1] - steps[0] + 1 and len(steps) > 2:  # no gaps
-        return f"{steps[0]} to {steps[-1]}"
-    shown = ", ".join(str(s) for s in steps[:10])
-    return shown + (", ..." if len(steps) > 10 else "")
-

@@ -4,21 +4,30 @@ Covers a root ``nn.Linear`` or an ``nn.Sequential`` of Linear/ReLU/Sigmoid/Tanh 
 batch of one, with an MSE, L1, binary cross-entropy or cross-entropy loss. Every number
 shown is recomputed from the traced inputs and parameters and checked against the traced
 value (✓ / ✗). The target is not a model input, so it is recovered from the traced
-gradient of the loss where the loss allows it (MSE, BCE, cross-entropy).
+gradient of the loss where the loss allows it (MSE, BCE, cross-entropy). Which steps are
+small is told from the statistics, so a large model's values are never read here.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from tracer.rules._base import arg, num
 
+if TYPE_CHECKING:
+    from tracer._trace import ParameterMeta, Trace
+
 _SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _ACTIVATIONS = {"ReLU", "Sigmoid", "Tanh"}
+_ROOTS = ("Linear", "Sequential")
+_KINDS = ("input", "activation", "activation_grad", "loss", "param", "grad")
+"""What a walkthrough reads: the forward pass, the loss, the backward pass and the parameters."""
+_COLUMNS = ("step", "kind", "name", "part", "call", "module_type", "shape", "values")
 
 
 def _ok(got: float, traced: float) -> str:
@@ -33,23 +42,71 @@ def _vec(row: Any) -> np.ndarray | None:
     return np.asarray(v, dtype=np.float64)
 
 
-class _Step:
-    """The rows of one step, looked up by (kind, name)."""
+def walkthroughs(trace: Trace, rows: pd.DataFrame, max_elements: int = 16) -> dict[int, list[str]]:
+    """``{step: lines}`` for the steps of ``rows`` (statistics) whose model is small enough to
+    be worked by hand; only those steps' values are read.
 
-    def __init__(self, df: pd.DataFrame) -> None:
-        self.rows = {(r.kind, r.name, r.part): r for r in df.itertuples(index=False)}
+    Example::
+
+        trace = tracer.open("traces/walkthrough")
+        walkthroughs(trace, trace.stats)[0][0]   # '**Forward pass.** The input is x₁ = 1, x₂ = 2.'
+    """
+    steps = walkable_steps(rows, max_elements)
+    if not steps:
+        return {}
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    values = trace.rows(kind=_KINDS, step=steps, columns=_COLUMNS)
+    columns = [c for c in _COLUMNS if c in values.columns]
+    for record in zip(*(values[c].tolist() for c in columns)):
+        row = dict(zip(columns, record))
+        by_step.setdefault(int(row["step"]), []).append(row)
+    out = {}
+    for step, records in by_step.items():
+        lines = _explain(_Step(records), max_elements)
+        if lines:
+            out[step] = lines
+    return out
+
+
+def may_walk(parameters: Sequence[ParameterMeta], max_elements: int = 16) -> bool:
+    """False when the model is too large for any walkthrough, told from the metadata alone:
+    a covered model's parameters are Linear weights and biases whose every side is an input
+    or output size, at most ``max_elements``. True when nothing is known (a DataFrame)."""
+    return all(all(side <= max_elements for side in p.shape) for p in parameters)
+
+
+def walkable_steps(rows: pd.DataFrame, max_elements: int = 16) -> list[int]:
+    """The steps a walkthrough may cover, told from the statistics alone: one forward and one
+    backward pass of a root ``Linear``/``Sequential`` on a batch of one, every input and
+    output of at most ``max_elements`` elements."""
+    if rows.empty or not {"step", "kind", "name", "call", "part", "module_type", "shape", "numel"} <= set(rows):
+        return []
+    busy = set(rows.loc[rows["call"] > 0, "step"])  # several passes per step: no single story to tell
+    acts = rows[rows["kind"] == "activation"]
+    big = set(acts.loc[acts["numel"] > max_elements, "step"])
+    roots = set(acts.loc[(acts["name"] == "") & acts["module_type"].isin(_ROOTS), "step"])
+    inputs = rows[(rows["kind"] == "input") & (rows["name"] == "") & (rows["part"] == "0")]
+    one = inputs["shape"].map(lambda shape: len(shape) > 0 and int(shape[0]) == 1).astype(bool)
+    small = set(inputs.loc[one & (inputs["numel"] <= max_elements), "step"])
+    return sorted(int(s) for s in (roots & small) - busy - big)
+
+
+class _Step:
+    """The rows of one step, looked up by (kind, name, part)."""
+
+    def __init__(self, records: Iterable[Mapping[str, Any]]) -> None:
+        self.records = list(records)
+        self.rows = {(r["kind"], r["name"], r["part"]): r for r in self.records}
 
     def get(self, kind: str, name: str, part: str = "") -> Any:
-        row = self.rows.get((kind, name, part))
-        return None if row is None else row._asdict()
+        return self.rows.get((kind, name, part))
 
 
-def explain_step(df: pd.DataFrame, max_elements: int = 16) -> list[str] | None:
+def _explain(step: _Step, max_elements: int) -> list[str] | None:
     """Markdown lines walking through one step, or None when the model is not covered."""
-    if df.empty or (df.call > 0).any():
+    if not step.records or any(int(r["call"]) > 0 for r in step.records):
         return None  # several passes per step: no single story to tell
-    step = _Step(df)
-    layers = _layers(df)
+    layers = _layers(step.records)
     if layers is None:
         return None
     x = _vec(step.get("input", layers[0][0], "0"))
@@ -80,7 +137,10 @@ def explain_step(df: pd.DataFrame, max_elements: int = 16) -> list[str] | None:
             lines += _activation_forward(name, kind, a, out)
         a, a_sym = out, ("ŷ" if simple else _sym(name))
         values[name] = out
-    loss = float(_vec(loss_row)[0])
+    loss_values = _vec(loss_row)
+    if loss_values is None:
+        return None
+    loss = float(loss_values[0])
     loss_lines = _loss(str(loss_row["module_type"]), y_hat, g_out, loss, simple)
     if loss_lines is None:
         return None
@@ -108,9 +168,8 @@ def _assign(sym: str, v: np.ndarray, simple: bool) -> str:
     return f"{sym} = [{', '.join(num(x) for x in v)}]"
 
 
-def _layers(df: pd.DataFrame) -> list[tuple[str, str]] | None:
-    acts = df[df.kind == "activation"]
-    types = dict(zip(acts.name, acts.module_type))
+def _layers(records: list[Mapping[str, Any]]) -> list[tuple[str, str]] | None:
+    types = {r["name"]: r["module_type"] for r in records if r["kind"] == "activation"}
     if types.get("") == "Linear":
         return [("", "Linear")]
     if types.get("") != "Sequential":
@@ -193,9 +252,7 @@ def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) 
         # F.l1_loss is mean(|ŷ − y|): its gradient is ±1/N everywhere
         return [
             f"**Loss.** Mean absolute error: L = 1/N · Σ |ŷᵢ − yᵢ| = {num(loss)} (traced).",
-            "**Gradients by the chain rule.** ∂L/∂ŷᵢ = sign(ŷᵢ − yᵢ)/N: "
-            + ", ".join(num(v) for v in g)
-            + " (traced).",
+            "**Gradients by the chain rule.** ∂L/∂ŷᵢ = sign(ŷᵢ − yᵢ)/N: " + ", ".join(num(v) for v in g) + " (traced).",
         ]
     if fn.startswith("BinaryCrossEntropyBackward"):
         y = y_hat - g * y_hat * (1 - y_hat) * n
@@ -225,12 +282,21 @@ def _loss(fn: str, y_hat: np.ndarray, g: np.ndarray, loss: float, simple: bool) 
     return None
 
 
-def _backward(step: _Step, layers, x, g_out, simple, mse_e: float | None = None) -> list[str]:
-    lines = []
+def _backward(
+    step: _Step,
+    layers: list[tuple[str, str]],
+    x: np.ndarray,
+    g_out: np.ndarray,
+    simple: bool,
+    mse_e: float | None = None,
+) -> list[str]:
+    lines: list[str] = []
     delta = g_out
     for k in range(len(layers) - 1, -1, -1):
         name, kind = layers[k]
         prev = x if k == 0 else _vec(step.get("activation", layers[k - 1][0]))
+        if prev is None:
+            return lines
         a_sym = "x" if k == 0 else _sym(layers[k - 1][0])
         if kind == "Linear":
             w_grad = _vec(step.get("grad", _pname(name, "weight")))
@@ -271,10 +337,15 @@ def _backward(step: _Step, layers, x, g_out, simple, mse_e: float | None = None)
                 traced = _vec(step.get("activation_grad", layers[k - 1][0]))
                 for i, d in enumerate(delta):
                     check = _ok(float(d), traced[i]) if traced is not None else ""
-                    lines.append(f"- ∂L/∂{a_sym}[{i}] = Σⱼ {_pname(name, 'weight')}[j,{i}]·∂L/∂{_sym(name)}[j] = {num(d)} {check}")
+                    lines.append(
+                        f"- ∂L/∂{a_sym}[{i}] = Σⱼ {_pname(name, 'weight')}[j,{i}]·∂L/∂{_sym(name)}[j] = {num(d)} {check}"
+                    )
         else:
             z = prev
             out = _vec(step.get("activation", name))
+            if out is None:
+                return lines
+            deriv: np.ndarray
             if kind == "ReLU":
                 deriv, text = (z > 0).astype(float), "1 if z > 0 else 0"
             elif kind == "Sigmoid":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracer._diff import check_kinds, compare, frame
 from tracer._schema import COLUMNS
+from tracer._trace import NameFilter, OptimizerMeta, StepFilter, Trace, TraceLike
 
 if TYPE_CHECKING:
     import pandas
@@ -34,12 +35,12 @@ _HOW_TO_UPDATE = (
 
 
 def assert_matches_golden(
-    trace: Any,
+    trace: TraceLike,
     golden_dir: str | os.PathLike[str],
     *,
     kinds: str | Iterable[str] | None = None,
-    names: str | Iterable[str] | None = None,
-    steps: int | Iterable[int] | slice | None = None,
+    names: NameFilter = None,
+    steps: StepFilter = None,
     max_values: int | None = DEFAULT_GOLDEN_MAX_VALUES,
     rtol: float | None = None,
     atol: float | None = None,
@@ -63,7 +64,7 @@ def assert_matches_golden(
     Create or refresh the golden trace with ``pytest --tracer-update-golden``.
 
     Args:
-        trace: a trace path, a ``run``, or a DataFrame from ``tracer.load``.
+        trace: a trace path, a ``run``, a DataFrame from ``tracer.load`` or a Trace.
         golden_dir: the golden trace's directory (keep it next to the test).
         kinds, names, steps: the rows to keep and compare (as in ``tracer.load``).
         max_values: larger tensors are stored as statistics only; None keeps every value.
@@ -83,33 +84,35 @@ def assert_matches_golden(
     from_option = update is None
     if from_option:
         update = update_requested()
-    from tracer._store import is_trace
+    from tracer._directory import is_trace
 
+    trace = Trace.open(trace)
+    existed = is_trace(golden)
     # the whole trace goes to compare (filtered there): update rows are judged at the
     # precision of their parameters, which the chosen rows may not include
-    chosen = {"kinds": wanted, "name": names, "step": steps, "labels": ("golden", "trace")}
+    chosen: dict[str, Any] = {"kinds": wanted, "name": names, "step": steps, "labels": ("golden", "trace")}
     if update:
-        if is_trace(golden) and _read_selection(golden) == selection:
-            if compare(golden, trace, rtol=rtol, atol=atol, **chosen) is None:
-                return
-            action = "updated"
-        else:
-            action = "updated" if is_trace(golden) else "created"
+        stored = _open_golden(golden) if existed else None
+        unchanged = (
+            stored is not None
+            and stored.meta.golden == selection
+            and compare(stored, trace, rtol=rtol, atol=atol, **chosen) is None
+        )
+        if unchanged:
+            return
         rows = frame(trace, kind=wanted, name=names, step=steps, columns=COLUMNS)
         write_golden(rows, golden, selection=selection, source=trace)
         if from_option:
-            _record(golden, action)
+            _record(golden, "updated" if existed else "created")
         return
-    if not is_trace(golden):
+    if not existed:
         raise AssertionError(
             f"no golden trace at {str(golden)!r} yet: create it with pytest {UPDATE_OPTION} "
             f"(or {UPDATE_ENV}=1), then review and commit it"
         )
     found = compare(golden, trace, rtol=rtol, atol=atol, **chosen)
     if found is not None:
-        raise AssertionError(
-            f"trace does not match the golden trace {str(golden)!r}!\n\n{found}\n\n{_HOW_TO_UPDATE}"
-        )
+        raise AssertionError(f"trace does not match the golden trace {str(golden)!r}!\n\n{found}\n\n{_HOW_TO_UPDATE}")
 
 
 def update_requested() -> bool:
@@ -144,26 +147,25 @@ def _selection(kinds: list[str] | None, names: Any, steps: Any, max_values: int 
     )
 
 
-def _read_selection(golden: Path) -> Any:
-    from tracer._reader import read_meta
-
+def _open_golden(golden: Path) -> Trace | None:
+    """The golden trace, opened (None when it cannot be read: it is then rewritten or reported)."""
     try:
-        return read_meta(golden).get("golden")
+        return Trace.open(golden)
     except (OSError, ValueError):
         return None
 
 
 def write_golden(
-    rows: pandas.DataFrame, golden: Path, *, selection: dict[str, Any], source: Any = None
+    rows: pandas.DataFrame, golden: Path, *, selection: dict[str, Any], source: Trace | None = None
 ) -> None:
     """Write ``rows`` as a one-file trace in ``golden``; only files a trace owns are replaced."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from tracer._directory import has_tracer_footer, write_json_atomic
     from tracer._load import stored_values
     from tracer._schema import META_FILE, SCHEMA, SCHEMA_VERSION
-    from tracer._store import has_tracer_footer, write_json_atomic
 
     limit = selection["max_values"]
     rows = rows[list(COLUMNS)].copy()
@@ -198,17 +200,21 @@ def write_golden(
     write_json_atomic(golden / META_FILE, meta)
 
 
-def _source_meta(source: Any) -> dict[str, Any]:
+def _source_meta(source: Trace | None) -> dict[str, Any]:
     """Model and optimizer names of the traced run (no timestamps: the file stays stable)."""
-    import pandas as pd
-
-    if source is None or isinstance(source, pd.DataFrame):
+    if source is None:
         return {}
-    from tracer._load import trace_path
-    from tracer._reader import read_meta
+    out: dict[str, Any] = {}
+    if source.meta.model is not None:
+        out["model"] = source.meta.model
+    if source.meta.optimizers:
+        out["optimizers"] = [_optimizer_json(o) for o in source.meta.optimizers]
+    return out
 
-    try:
-        meta = read_meta(trace_path(source))
-    except (OSError, TypeError, ValueError):
-        return {}
-    return {k: meta[k] for k in ("model", "optimizers") if k in meta}
+
+def _optimizer_json(optimizer: OptimizerMeta) -> dict[str, Any]:
+    """An optimizer as ``_tracer.json`` writes it."""
+    out: dict[str, Any] = {"class": optimizer.cls, "qualname": optimizer.qualname, "bases": list(optimizer.bases)}
+    if optimizer.adopted:
+        out["adopted"] = True
+    return out

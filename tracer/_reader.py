@@ -89,6 +89,7 @@ _META_SPEC: dict[str, Any] = {
             "requires_grad": bool,
             "optimizer": (int, None),
             "param_group": (int, None),
+            "aliases": _STRINGS,  # other names of a shared (tied) parameter
         }
     ],
     "options": {
@@ -159,7 +160,14 @@ def _type_name(value: Any) -> str:
     """How JSON names the type of ``value``, with the value itself when it is short."""
     if value is None:
         return "null"
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     name = names.get(type(value), type(value).__name__)
     text = json.dumps(value) if isinstance(value, (bool, int, float, str)) else ""
     return f"{name} {text}" if text and len(text) <= 40 else name
@@ -272,6 +280,14 @@ class Read(NamedTuple):
     complex_rows: np.ndarray | None  # which rows' values interleave real and imaginary parts; None: none
 
 
+def _with_aliases(path: Path, names: list[str]) -> list[str]:
+    """``names`` and, for an alias of a shared parameter (``lm_head.weight`` tied to
+    ``wte.weight``), the name its rows are recorded under."""
+    canonical = {alias: p["name"] for p in read_meta(path).get("parameters", ()) for alias in p.get("aliases", ())}
+    extra = [canonical[n] for n in names if n in canonical and canonical[n] not in names]
+    return names + extra if extra else names
+
+
 def read_trace(
     path: Path,
     *,
@@ -296,6 +312,8 @@ def read_trace(
         if unknown:
             raise ValueError(f"unknown columns {unknown}; trace columns are {list(COLUMNS)}")
     names = [name] if isinstance(name, str) else (list(name) if name is not None else None)
+    if names is not None:
+        names = _with_aliases(path, names)
     glob = names is not None and _has_glob(names)
     expr = pc.scalar(True)
     if kind is not None:
@@ -312,7 +330,8 @@ def read_trace(
     if row_problem(table) is not None:  # find the file it is in (and skip it, if asked)
         table = _scan_each(path, files, read, expr, errors)
     if glob:
-        keep = [any(fnmatch.fnmatchcase(n, p) for p in names) for n in table["name"].to_pylist()]
+        patterns = names or []
+        keep = [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in table["name"].to_pylist()]
         table = table.filter(pa.array(keep, type=pa.bool_()))
     return Read(table.select(wanted), _training_order(table), _complex_rows(table) if "values" in wanted else None)
 

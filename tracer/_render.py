@@ -1,10 +1,22 @@
-"""A tiny document model (headings, paragraphs, lists, tables, rules) and its renderers.
+"""A tiny document model (headings, paragraphs, lists, tables, figures) and its renderers.
 
-The report builds blocks once; text, Markdown, HTML and LaTeX are renderings of the same
-blocks, so they never disagree. Every text in a block is plain text (names from a trace
-included): each renderer escapes all of it with its one helper — :func:`escape_text`,
+The report, the findings and the plots build blocks once; text, Markdown, HTML and LaTeX
+are renderings of the same blocks, so they never disagree, and all of tracer's HTML comes
+from :func:`to_html` (a page) or :func:`to_html_fragment` (a notebook cell) with the one
+:data:`STYLESHEET`. Every text in a block is plain text (names from a trace included): each
+renderer escapes all of it with its one helper — :func:`escape_text`,
 :func:`escape_markdown`, ``html.escape``, :func:`escape_latex` — so a name such as
 ``"a|b<c>"`` or one holding a newline cannot change the layout.
+
+>>> page = to_html([Heading(1, "Run 1"), Para("2 steps", tone="ok")], title="Run 1")
+>>> print(to_text([Heading(1, "Run 1"), Table(("layer", "‖g‖"), (("fc", "0.5"),))]))
+Run 1
+=====
+<BLANKLINE>
+  layer | ‖g‖
+  ------+----
+  fc    | 0.5
+<BLANKLINE>
 """
 
 from __future__ import annotations
@@ -13,6 +25,19 @@ import dataclasses
 import html
 import re
 from collections.abc import Sequence
+
+from tracer._escape import (
+    _md_code,
+    _md_fence,
+    _md_line,
+    escape_latex,
+    escape_markdown,
+    escape_text,
+)
+
+TONES = ("", "ok", "bad", "warn", "muted")
+"""How a paragraph or a table cell is coloured in HTML: ✓ green, ✗ red, a warning amber,
+a side note grey (``""``: as the text around it). Other renderings show the text only."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +50,7 @@ class Heading:
 class Para:
     text: str
     lead: str = ""  # a bold lead-in ("Updates."), written before the text
+    tone: str = ""  # one of TONES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +60,28 @@ class Items:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cell:
+    """A table cell with more than text: a tone, monospace, a small note under it.
+
+    Example (a finding's row)::
+
+        Table(("severity", "finding", "what"),
+              ((Cell("ERROR", tone="bad"), Cell("first-nonfinite", code=True),
+                Cell("loss is NaN at step 3", note="evidence: loss=nan")),),
+              align="left")
+    """
+
+    text: str
+    tone: str = ""  # one of TONES
+    code: bool = False
+    note: str = ""  # a second, smaller line (HTML); in parentheses elsewhere
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
     header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
+    rows: tuple[tuple[str | Cell, ...], ...]
+    align: str = "right"  # "right": numbers; "left": prose (findings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +91,23 @@ class Formula:
 
 
 @dataclasses.dataclass(frozen=True)
+class Figure:
+    """An SVG drawn by tracer (``tracer.plots``) with its caption; HTML only (other
+    renderings leave figures out: they are pictures of numbers the text already gives).
+
+    Example::
+
+        Figure(tracer.plots.loss_plot(trace), "Loss per step", key="loss")
+    """
+
+    svg: str  # a ready <svg> element made by tracer._plots (never text from a trace unescaped)
+    caption: str
+    key: str = ""  # the figure's id in the page: plot-<key>
+
+
+@dataclasses.dataclass(frozen=True)
 class Raw:
-    """A ready, escaped HTML fragment (plots, findings); other renderings show ``text``."""
+    """A ready, escaped HTML fragment; other renderings show ``text``."""
 
     html: str
     text: str = ""
@@ -55,58 +115,33 @@ class Raw:
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """A titled group of blocks: a collapsible ``<details>`` in HTML, a heading elsewhere."""
+    """A titled group of blocks: a collapsible ``<details>`` in HTML, a heading elsewhere.
+
+    ``cls`` is an extra HTML class of the section (``"tracer-plots"``), for styles and tests.
+    """
 
     title: str
     blocks: tuple
     open: bool = True
     level: int = 2
+    cls: str = ""
 
 
-Block = Heading | Para | Items | Table | Formula | Raw | Section
+Block = Heading | Para | Items | Table | Formula | Figure | Raw | Section
 
 
-def escape_text(text: str) -> str:
-    """``text`` safe to print in a line of plain text: characters that are not printable
-    (newlines, tabs, terminal escapes, lone surrogates of undecodable file names) become
-    Python escapes (``\\n``, ``\\x1b``, ``\\udcff``)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def _cell_text(cell: str | Cell) -> str:
+    """A cell as one line of plain text: its text, and its note in parentheses."""
+    if isinstance(cell, str):
+        return cell
+    return f"{cell.text} ({cell.note})" if cell.note else cell.text
 
 
-# backslash-escaped wherever they stand: they open code, emphasis, HTML, tables, math, ...
-_MD_INLINE = re.compile(r"[\\`*<|~$&#]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|\](?=\()")
-# escaped at the start of a line: they open headings, quotes, lists, link definitions
-_MD_LINE_START = re.compile(r"^(\s*)([>+=\[-]|\d+[.)])")
-
-
-def escape_markdown(text: str) -> str:
-    """``text`` as Markdown (CommonMark and GitHub's) that shows exactly ``text``, on one line:
-    inside a line or a table cell; :func:`_md_line` for text that starts a line."""
-    return _MD_INLINE.sub(lambda m: "\\" + m.group(0), escape_text(text))
-
-
-def _md_line(text: str) -> str:
-    """:func:`escape_markdown`, for text that starts a line (where ``1.``, ``-`` or ``>`` open blocks)."""
-    out = escape_markdown(text.strip())
-    return _MD_LINE_START.sub(lambda m: m.group(1) + m.group(2)[:-1] + "\\" + m.group(2)[-1], out)
-
-
-def _md_code(text: str) -> str:
-    """``text`` as a Markdown code span: fenced by more backticks than it holds in a row."""
-    text = escape_text(text)
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text[:1] == "`" or text[-1:] == "`" or (text[:1] == " " and text[-1:] == " ") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def _md_fence(text: str) -> str:
-    """A code fence longer than any run of backticks in ``text``."""
-    return "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+# --------------------------------------------------------------------------- text
 
 
 def to_text(blocks: Sequence[Block]) -> str:
+    """Plain text: headings underlined, tables aligned, formulas indented; figures left out."""
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Section):
@@ -129,7 +164,7 @@ def to_text(blocks: Sequence[Block]) -> str:
 
 
 def _aligned(t: Table) -> list[str]:
-    rows = [tuple(map(escape_text, r)) for r in (t.header, *t.rows)]
+    rows = [tuple(escape_text(_cell_text(c)) for c in r) for r in (t.header, *t.rows)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(t.header))]
 
     def line(row: tuple[str, ...]) -> str:
@@ -138,7 +173,11 @@ def _aligned(t: Table) -> list[str]:
     return [line(rows[0]), "  " + "-+-".join("-" * w for w in widths), *map(line, rows[1:])]
 
 
+# --------------------------------------------------------------------------- Markdown
+
+
 def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
+    """Markdown (CommonMark and GitHub's); ``math`` adds each formula as a ``$$`` LaTeX block."""
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Section):
@@ -156,7 +195,7 @@ def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
         elif isinstance(b, Table):
             out.append("| " + " | ".join(map(escape_markdown, b.header)) + " |")
             out.append("|" + "---|" * len(b.header))
-            out += ["| " + " | ".join(map(escape_markdown, r)) + " |" for r in b.rows]
+            out += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in b.rows]
             out.append("")
         elif isinstance(b, Formula):
             text = "\n".join(escape_text(line) for line in b.text.splitlines())
@@ -167,58 +206,116 @@ def to_markdown(blocks: Sequence[Block], *, math: bool = True) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
-h1{font-size:1.6rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}h3{font-size:1.05rem;margin-bottom:.3rem}
-pre,code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
-pre.rule,div.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
-div.rule math{display:block;text-align:left;margin:.15rem 0;font-size:1.1em}
-ul.arith{list-style:none;padding-left:.8rem}table{border-collapse:collapse;margin:.5rem 0}
-td,th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}th{background:#f6f8fa}
-details{margin:.2rem 0 .6rem}summary{cursor:pointer;color:#57606a;font-size:.85em}
-details.section>summary{color:inherit;font-size:1em}details.section>summary>h2{display:inline}
-.ok{color:#1a7f37}.bad{color:#cf222e;font-weight:600}.none{color:#9a6700}
+def _md_cell(cell: str | Cell) -> str:
+    if isinstance(cell, str) or not cell.code:
+        return escape_markdown(_cell_text(cell))
+    return _md_code(cell.text) + (f" ({escape_markdown(cell.note)})" if cell.note else "")
+
+
+# --------------------------------------------------------------------------- HTML
+
+STYLESHEET = """
+body.tracer{max-width:60rem;margin:2rem auto;padding:0 1rem}
+.tracer{font:15px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1b1f24}
+.tracer h1{font-size:1.6rem}.tracer h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+.tracer h3{font-size:1.05rem;margin-bottom:.3rem}
+.tracer pre,.tracer code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
+.tracer pre.rule,.tracer div.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
+.tracer div.rule math{display:block;text-align:left;margin:.15rem 0;font-size:1.1em}
+.tracer ul.arith{list-style:none;padding-left:.8rem}.tracer table{border-collapse:collapse;margin:.5rem 0}
+.tracer td,.tracer th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}.tracer th{background:#f6f8fa}
+.tracer table.left td,.tracer table.left th{text-align:left;vertical-align:top}
+.tracer details{margin:.2rem 0 .6rem}.tracer summary{cursor:pointer;color:#57606a;font-size:.85em}
+.tracer details.section>summary{color:inherit;font-size:1em}.tracer details.section>summary>h2{display:inline}
+.tracer .ok{color:#1a7f37}.tracer .bad{color:#cf222e;font-weight:600}.tracer .warn{color:#9a6700}
+.tracer .muted{color:#57606a}.tracer td.ok,.tracer td.bad,.tracer td.warn,.tracer td.muted{font-weight:600;white-space:nowrap}
+.tracer .note{color:#57606a;font-size:.85em;font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
+.tracer figure{margin:1rem 0}.tracer figcaption{color:#57606a;font-size:.9em}
+.tracer figure svg{max-width:100%;height:auto}.tracer figure svg *{stroke-linejoin:round;stroke-linecap:butt}
 """
+"""The one stylesheet of every HTML page and fragment tracer writes (scoped to ``.tracer``)."""
+
+
+_HTML_SPECIAL = re.compile("[&<>\"'✓✗]")
 
 
 def _esc(text: str) -> str:
+    """``html.escape`` with ✓ and ✗ coloured; most cells (numbers, names) need nothing."""
+    if _HTML_SPECIAL.search(text) is None:
+        return text
     out = html.escape(text, quote=True)
     return out.replace("✓", '<span class="ok">✓</span>').replace("✗", '<span class="bad">✗</span>')
 
 
+def _class(*names: str) -> str:
+    """`` class="a b"`` of the non-empty names, or nothing."""
+    shown = " ".join(n for n in names if n)
+    return f' class="{html.escape(shown)}"' if shown else ""
+
+
+def _html_section(b: Section) -> str:
+    tag = f"h{b.level}"
+    return (
+        f"<details{_class('section', b.cls)}{' open' if b.open else ''}><summary><{tag}>{_esc(b.title)}</{tag}></summary>"
+        + to_html_body(b.blocks)
+        + "</details>"
+    )
+
+
+def _html_para(b: Para) -> str:
+    lead = f"<strong>{_esc(b.lead)}</strong> " if b.lead else ""
+    return f"<p{_class(b.tone)}>{lead}{_esc(b.text)}</p>"
+
+
+def _html_items(b: Items) -> str:
+    items = "".join(f"<li>{'<code>' + _esc(i) + '</code>' if b.code else _esc(i)}</li>" for i in b.items)
+    return f"<ul{_class('arith' if b.code else '')}>{items}</ul>"
+
+
+def _html_cell(cell: str | Cell) -> str:
+    if isinstance(cell, str):
+        return f"<td>{_esc(cell)}</td>"
+    text = f"<code>{_esc(cell.text)}</code>" if cell.code else _esc(cell.text)
+    note = f'<div class="note">{_esc(cell.note)}</div>' if cell.note else ""
+    return f"<td{_class(cell.tone)}>{text}{note}</td>"
+
+
+def _html_table(b: Table) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in b.header)
+    rows = "".join("<tr>" + "".join(map(_html_cell, r)) + "</tr>" for r in b.rows)
+    return f"<table{_class('left' if b.align == 'left' else '')}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _html_formula(b: Formula) -> str:
+    mathml = _mathml(b.latex)
+    shown = (
+        f'<pre class="rule">{_esc(b.text)}</pre>'
+        if mathml is None
+        else f'<div class="rule" role="math" aria-label="{_esc(b.text)}">{mathml}</div>'
+    )
+    return shown + f"\n<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>"
+
+
+def _html_figure(b: Figure) -> str:
+    key = f' id="plot-{html.escape(b.key)}"' if b.key else ""
+    return f'<figure class="tracer-plot"{key}>{b.svg}<figcaption>{_esc(b.caption)}</figcaption></figure>'
+
+
+_HTML = {
+    Section: _html_section,
+    Raw: lambda b: b.html,
+    Heading: lambda b: f"<h{b.level}>{_esc(b.text)}</h{b.level}>",
+    Para: _html_para,
+    Items: _html_items,
+    Table: _html_table,
+    Formula: _html_formula,
+    Figure: _html_figure,
+}
+
+
 def to_html_body(blocks: Sequence[Block]) -> str:
-    out: list[str] = []
-    for b in blocks:
-        if isinstance(b, Section):
-            tag = f"h{b.level}"
-            out.append(
-                f"<details class=\"section\"{' open' if b.open else ''}><summary><{tag}>{_esc(b.title)}</{tag}></summary>"
-                + to_html_body(b.blocks)
-                + "</details>"
-            )
-        elif isinstance(b, Raw):
-            out.append(b.html)
-        elif isinstance(b, Heading):
-            out.append(f"<h{b.level}>{_esc(b.text)}</h{b.level}>")
-        elif isinstance(b, Para):
-            lead = f"<strong>{_esc(b.lead)}</strong> " if b.lead else ""
-            out.append(f"<p>{lead}{_esc(b.text)}</p>")
-        elif isinstance(b, Items):
-            cls = ' class="arith"' if b.code else ""
-            items = "".join(f"<li>{'<code>' + _esc(i) + '</code>' if b.code else _esc(i)}</li>" for i in b.items)
-            out.append(f"<ul{cls}>{items}</ul>")
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{_esc(h)}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif isinstance(b, Formula):
-            mathml = _mathml(b.latex)
-            if mathml is None:
-                out.append(f'<pre class="rule">{_esc(b.text)}</pre>')
-            else:
-                out.append(f'<div class="rule" role="math" aria-label="{_esc(b.text)}">{mathml}</div>')
-            out.append(f"<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>")
-    return "\n".join(out)
+    """The blocks as HTML elements, without a page or a stylesheet around them."""
+    return "\n".join(_HTML[type(b)](b) for b in blocks)
 
 
 def _mathml(latex: str) -> str | None:
@@ -234,29 +331,40 @@ def _mathml(latex: str) -> str | None:
     lines = [line.replace("&", "").strip() for line in body.split(r"\\")]
     try:
         return "".join(convert(line, display="block") for line in lines if line)
-    except Exception:  # noqa: BLE001 - a formula the converter cannot read: show the text
+    except Exception:
         return None
 
 
 def to_html(blocks: Sequence[Block], title: str) -> str:
-    """One self-contained page: no scripts, no network, every text escaped."""
+    """One self-contained page: no scripts, no network, every text escaped.
+
+    Example::
+
+        Path("page.html").write_text(to_html([Heading(1, "Run 1"), Para("ok")], title="Run 1"))
+    """
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<title>{html.escape(title)}</title><style>{STYLESHEET}</style></head>\n<body class="tracer">\n'
         + to_html_body(blocks)
         + "\n</body></html>\n"
     )
 
 
-_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}"}
+def to_html_fragment(blocks: Sequence[Block]) -> str:
+    """The blocks as one ``<div class="tracer">`` with the stylesheet: what a notebook shows
+    (``_repr_html_``), styled as the page is, without restyling the notebook around it."""
+    return f'<div class="tracer"><style>{STYLESHEET}</style>\n{to_html_body(blocks)}\n</div>'
 
 
-def escape_latex(text: str) -> str:
-    """``text`` as LaTeX text that prints exactly ``text``."""
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in escape_text(text))
-
+# --------------------------------------------------------------------------- LaTeX
 
 _tex = escape_latex
+
+
+def _tex_cell(cell: str | Cell) -> str:
+    if isinstance(cell, Cell) and cell.code:
+        return f"\\texttt{{{_tex(cell.text)}}}" + (f" ({_tex(cell.note)})" if cell.note else "")
+    return _tex(_cell_text(cell))
 
 
 def to_latex(blocks: Sequence[Block]) -> str:
@@ -278,9 +386,9 @@ def to_latex(blocks: Sequence[Block]) -> str:
             wrap = (lambda s: f"\\texttt{{{_tex(s)}}}") if b.code else _tex
             out.append("\\begin{itemize}\n" + "".join(f"  \\item {wrap(i)}\n" for i in b.items) + "\\end{itemize}")
         elif isinstance(b, Table):
-            cols = "r" * len(b.header)
-            body = " \\\\\n".join(" & ".join(_tex(c) for c in r) for r in (b.header, *b.rows))
-            out.append(f"\\begin{{tabular}}{{{cols}}}\n{body} \\\\\n\\end{{tabular}}")
+            cols = ("l" if b.align == "left" else "r") * len(b.header)
+            rows = [" & ".join(map(_tex, b.header)), *(" & ".join(map(_tex_cell, r)) for r in b.rows)]
+            out.append(f"\\begin{{tabular}}{{{cols}}}\n" + " \\\\\n".join(rows) + " \\\\\n\\end{tabular}")
         elif isinstance(b, Formula):
             out.append(f"\\[\n{b.latex}\n\\]")
     return "\n".join(out) + "\n"

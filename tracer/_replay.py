@@ -7,14 +7,13 @@ imported, so a report runs no code from a trace.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 
-def find_class(
-    class_name: str, bases: Sequence[str], extra: Sequence[type] = ()
-) -> tuple[type | None, str]:
+def find_class(class_name: str, bases: Sequence[str], extra: Sequence[type] = ()) -> tuple[type | None, str]:
     """The optimizer class to replay with, and how it was found (or why none was)."""
     for cls in extra:
         if cls.__name__ == class_name:
@@ -45,7 +44,7 @@ def replay(
         Exception: whatever the optimizer raises when it cannot be rebuilt or stepped.
     """
     p = torch.nn.Parameter(param.clone())
-    accepted = inspect.signature(cls.__init__).parameters
+    accepted = inspect.signature(cls).parameters
     kwargs = {k: _restore(v) for k, v in hparams.items() if k in accepted and k != "params"}
     optimizer = cls([p], **kwargs)
     group = optimizer.param_groups[0]

@@ -8,24 +8,22 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tracer._checks import UpdateCheck, build_checks
-from tracer._explain import explain_step
-from tracer._load import load, trace_path
-from tracer._reader import read_meta
+from tracer._checks import UpdateCheck, check_updates
+from tracer._explain import may_walk, walkthroughs
 from tracer._render import Block, Formula, Heading, Items, Para, Raw, Section, Table
 from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
 from tracer._render import to_text as _to_text
+from tracer._trace import NameFilter, StepFilter, Trace, TraceLike, filter_frame
 from tracer.rules._base import num
 
 FRAME_COLUMNS = [
@@ -33,17 +31,24 @@ FRAME_COLUMNS = [
     "max_abs_error", "matches", "check", "reason", "rule_class", "param_group", "dtype",
     "grad_norm", "update_norm", "param_norm", "update_ratio",
 ]  # fmt: skip
+# None where a value is missing (pandas would make the None of a text column NaN)
+_OBJECT_COLUMNS = ("optimizer", "rule", "latex", "predicted", "observed", "matches", "check", "reason", "rule_class")
+_STEP_COLUMNS = ("step", "kind", "name", "call", "part", "module_type", "shape", "numel")
+"""What the report reads of every row of the steps asked for: which there are, which are small."""
 
 
 def report(
-    trace: Any,
+    trace: TraceLike,
     *,
     optimizers: Sequence[type] | None = None,
-    step: int | Iterable[int] | slice | None = None,
-    name: str | Iterable[str] | None = None,
+    step: StepFilter = None,
+    name: NameFilter = None,
     max_elements: int = 16,
 ) -> Report:
     """Explain and check every update of a trace.
+
+    The checks read only the grad, param, update and state rows; the forward pass and the
+    loss are read only for the steps of a model small enough to be worked by hand.
 
     Example::
 
@@ -52,50 +57,31 @@ def report(
         Path("report.html").write_text(rep.to_html())
 
     Args:
-        trace: a trace directory, a ``tracer.Run``, or a DataFrame from ``tracer.load``.
+        trace: a trace directory, a ``tracer.Run``, a DataFrame from ``tracer.load``, or a
+            ``tracer.Trace``.
         optimizers: optimizer classes that are not in ``torch.optim``, for the replay check
             (a report never imports a class named in a trace).
         step: only these steps (an int, a list, or a slice).
         name: only these parameters (names or glob patterns).
         max_elements: tensors with at most this many elements are worked element by element.
     """
-    if isinstance(trace, pd.DataFrame):
-        df, meta, source = _filter_steps(trace, step), {}, "DataFrame"
+    opened = Trace.open(trace)
+    checks = check_updates(opened, optimizers=tuple(optimizers or ()), step=step, name=name)
+    walk = name is None and may_walk(opened.meta.parameters, max_elements)
+    rows = opened.stats if step is None else opened.rows(step=step, columns=_STEP_COLUMNS)
+    walks = walkthroughs(opened, rows, max_elements) if walk else {}
+    steps = sorted({int(s) for s in rows["step"]})
+    return Report(checks, walks, steps, source=opened.source, max_elements=max_elements,
+                  skipped=_skipped(opened, step, name), trace=opened)  # fmt: skip
+
+
+def _skipped(trace: Trace, step: StepFilter, name: NameFilter) -> dict[int, str]:
+    """``{step: optimizer}`` of the steps a GradScaler skipped: from the rows the checks read."""
+    if step is None and name is None:
+        rows = filter_frame(trace.updates(), kind="skipped")
     else:
-        path = trace_path(trace)
-        meta = read_meta(path)
-        df = load(path, step=step)
-        source = str(path)
-    optimizer_bases = {o["class"]: list(o.get("bases", [])) for o in meta.get("optimizers", [])}
-    params = df
-    if name is not None:
-        patterns = [name] if isinstance(name, str) else list(name)
-        keep = [any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in df["name"]]
-        params = df[keep]
-    checks = build_checks(params, optimizer_bases, tuple(optimizers or ())) if len(params) else []
-    walkthroughs: dict[int, list[str]] = {}
-    if name is None:
-        for s, rows in df.groupby("step", sort=True):
-            lines = explain_step(rows, max_elements)
-            if lines:
-                walkthroughs[int(s)] = lines
-    steps = sorted({int(s) for s in df["step"]}) if len(df) else []
-    skipped = df[df.kind == "skipped"]
-    report_ = Report(checks, walkthroughs, steps, source=source, max_elements=max_elements)
-    report_.skipped = {int(s): str(n) for s, n in zip(skipped["step"], skipped["name"])}
-    report_.trace = trace if isinstance(trace, pd.DataFrame) else path
-    return report_
-
-
-def _filter_steps(df: pd.DataFrame, step: Any) -> pd.DataFrame:
-    if step is None:
-        return df
-    if isinstance(step, slice):
-        lo = step.start if step.start is not None else -math.inf
-        hi = step.stop if step.stop is not None else math.inf
-        return df[(df.step >= lo) & (df.step < hi)]
-    steps = [step] if isinstance(step, int) else list(step)
-    return df[df.step.isin(steps)]
+        rows = trace.rows(kind="skipped", step=step, columns=("step", "kind", "name"))
+    return {int(s): str(n) for s, n in zip(rows["step"], rows["name"])}
 
 
 class Report:
@@ -110,34 +96,36 @@ class Report:
         *,
         source: str,
         max_elements: int,
+        skipped: dict[int, str] | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self.checks = checks
         self.walkthroughs = walkthroughs
         self.steps = steps
         self.source = source
         self.max_elements = max_elements
-        self.skipped: dict[int, str] = {}  # step -> optimizer whose step a GradScaler skipped
-        self.trace: Any = None  # the trace directory or DataFrame (for findings and plots)
+        self.skipped = skipped or {}  # step -> optimizer whose step a GradScaler skipped
+        self.trace = trace  # for the findings and plots of the HTML page
 
     # -- numbers ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """One row per (step, parameter) update; see ``FRAME_COLUMNS``."""
         records = []
         for c in self.checks:
-            ratio = c.update_ratio
             # fmt: off
             records.append({
                 "step": c.step, "name": c.name, "optimizer": c.optimizer, "rule": c.rule,
-                "latex": c.latex, "hparams": c.hparams, "predicted": c.predicted,
-                "observed": c.observed, "max_abs_error": c.max_abs_error, "matches": c.matches,
+                "latex": c.latex, "hparams": c.hparams, "predicted": _tolist(c.predicted),
+                "observed": _tolist(c.observed), "max_abs_error": c.max_abs_error, "matches": c.matches,
                 "check": c.check, "reason": c.reason, "rule_class": c.rule_class,
                 "param_group": c.param_group, "dtype": c.dtype,
                 "grad_norm": c.norms.get("grad"), "update_norm": c.norms.get("update"),
-                "param_norm": c.norms.get("param"), "update_ratio": ratio,
+                "param_norm": c.norms.get("param"), "update_ratio": c.update_ratio,
             })
             # fmt: on
         frame = pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)
-        frame["matches"] = frame["matches"].astype(object)
+        for column in _OBJECT_COLUMNS:
+            frame[column] = pd.Series([r[column] for r in records], index=frame.index, dtype=object)
         return frame
 
     @property
@@ -200,8 +188,7 @@ class Report:
                 if table is not None:
                     body += [Para("Summary of the step:"), table]
             bad = any(c.matches is False for c in checks)
-            mark = " ✗" if bad else ""
-            out.append(Section(f"Step {step}{mark}", tuple(body), open=bad or shown < 20))
+            out.append(Section(f"Step {step}{' ✗' if bad else ''}", tuple(body), open=bad or shown < 20))
             shown += 1
         return out
 
@@ -212,13 +199,11 @@ class Report:
         from tracer import _plots
         from tracer._diagnose import diagnose, html_section
 
-        blocks: list[Block] = [Raw(html_section(diagnose(self.trace)))]
-        blocks.append(Raw(_plots.html_section(self.trace)))
-        return blocks
+        return [Raw(html_section(diagnose(self.trace))), Raw(_plots.html_section(self.trace))]
 
     def _rules_once(self) -> list[Block]:
         out: list[Block] = [Heading(2, "Update rules")]
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str | None, str]] = set()
         for c in self.checks:
             key = (c.optimizer, c.rule or "")
             if key in seen or c.rule is None:
@@ -297,6 +282,10 @@ class Report:
         return to_html_body(self.blocks())
 
 
+def _tolist(values: np.ndarray | None) -> list[float] | None:
+    return None if values is None else values.tolist()
+
+
 def _status(c: UpdateCheck) -> str:
     if c.matches is True:
         how = "its rule" if c.check == "rule" else "a replay of the optimizer"
@@ -332,6 +321,8 @@ def _label(name: str, shape: tuple[int, ...], flat: int) -> str:
 
 
 def _element_lines(c: UpdateCheck, rule: Any) -> list[str]:
+    if c.param is None:
+        return []
     param = c.param.reshape(-1)
     grad = None if c.grad is None else c.grad.reshape(-1)
     lines = []
@@ -345,9 +336,13 @@ def _element_lines(c: UpdateCheck, rule: Any) -> list[str]:
                 state[key] = float(flat[0])
         try:
             lines += rule.explain(
-                _label(c.name, c.shape, i), float(param[i]), None if grad is None else float(grad[i]), state, c.rule_hparams
+                _label(c.name, c.shape, i),
+                float(param[i]),
+                None if grad is None else float(grad[i]),
+                state,
+                c.rule_hparams,
             )
-        except Exception:  # noqa: BLE001 - a rule that cannot explain one element
+        except Exception:
             return []
     return lines
 
@@ -361,9 +356,7 @@ def _summary_table(checks: list[UpdateCheck], max_elements: int) -> Table | None
         grad = c.grad.reshape(-1) if c.grad is not None else None
         new = np.asarray(c.observed)
         for i in range(param.size):
-            rows.append(
-                (_label(c.name, c.shape, i), num(param[i]), "–" if grad is None else num(grad[i]), num(new[i]))
-            )
+            rows.append((_label(c.name, c.shape, i), num(param[i]), "–" if grad is None else num(grad[i]), num(new[i])))
     if not rows:
         return None
     return Table(("parameter", "old value", "gradient", "new value"), tuple(rows))

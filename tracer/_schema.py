@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tracer._tensors import Captured
 
 SCHEMA_VERSION = 1
 """Bumped whenever a column is added, removed or changes meaning."""
@@ -45,3 +52,33 @@ SCHEMA = pa.schema(
 
 COLUMNS = tuple(SCHEMA.names)
 STRING_COLUMNS = tuple(f.name for f in SCHEMA if f.type == pa.string())
+
+
+class Row(NamedTuple):
+    """One row as the recorder makes it: the columns of :data:`SCHEMA` but ``rank`` (the
+    writer's), with the tensor still captured (statistics and values are made on a writer
+    thread, see :func:`tracer._tensors.finish`)."""
+
+    step: int
+    seq: int
+    kind: str
+    name: str
+    call: int
+    part: str
+    module_type: str | None
+    captured: Captured
+    grad_enabled: bool | None = None
+    optimizer: str | None = None
+    param_group: int | None = None
+    hparams: str | None = None
+
+
+class Sink(Protocol):
+    """Where the recorder puts rows: the Parquet :class:`tracer._store.Writer`, or an
+    in-memory list in tests. ``error`` is the first write failure (None while all is well)."""
+
+    directory: Path
+    max_queue_bytes: int
+    error: BaseException | None
+
+    def put(self, row: Row) -> None: ...

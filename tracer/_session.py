@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import fnmatch
 import os
-import platform
-import sys
 import warnings
 import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tracer import _destination, _hooks
+from tracer import _destination, _dispatch, _hooks
+from tracer._directory import check_destination, prepare_directory, write_json_atomic
 from tracer._errors import TraceWriteError
-from tracer._schema import KINDS, META_FILE, SCHEMA_VERSION
+from tracer._metadata import trace_metadata
+from tracer._options import (
+    ALL,
+    DEFAULT_MAX_VALUES,
+    _check_optimizers,
+    _default_path,
+    _describe,
+    _refuse_sharded,
+    check_options,
+    unwrap,
+)
+from tracer._schema import META_FILE
+from tracer._selection import module_infos, param_infos, selected
 from tracer._signals import SigtermGuard
-from tracer._store import Writer, check_destination, prepare_directory, write_json_atomic
+from tracer._store import Writer
 
 if TYPE_CHECKING:
     import pandas
 
-ALL: frozenset[str] = frozenset(KINDS)
-"""Every kind of row; the default of ``capture``."""
-
-DEFAULT_MAX_VALUES = 1024
-"""Tensors with at most this many elements keep their values (see README, "max_values")."""
-
-_traced_modules: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+_traced_modules: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def trace(
@@ -46,7 +50,7 @@ def trace(
     overwrite: bool = False,
     flush_seconds: float = 1.0,
     on_error: str = "raise",
-) -> "Run":
+) -> Run:
     """Trace a training loop into a Parquet dataset at ``path``.
 
     Every argument is checked here, before the block starts.
@@ -100,45 +104,6 @@ def trace(
     return run
 
 
-def check_options(
-    *,
-    path: Any = None,
-    capture: Any = ALL,
-    max_values: Any = DEFAULT_MAX_VALUES,
-    every: Any = 1,
-    include: Any = None,
-    exclude: Any = None,
-    overwrite: Any = False,
-    flush_seconds: Any = 1.0,
-    on_error: Any = "raise",
-) -> dict[str, Any]:
-    """``tracer.trace``'s keyword arguments checked, as ``Run`` takes them (no model needed).
-
-    >>> check_options(capture="grad", every=2)["kinds"]
-    frozenset({'grad'})
-    """
-    kinds = _check_capture(capture)
-    if max_values is not None and (not _is_int(max_values) or max_values < 0):
-        raise ValueError(f"max_values must be an int >= 0 or None (got {max_values!r})")
-    if not _is_int(every) or every < 1:
-        raise ValueError(f"every must be an int >= 1 (got {every!r})")
-    include_patterns = _check_patterns("include", include)
-    exclude_patterns = _check_patterns("exclude", exclude)
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be True or False (got {overwrite!r})")
-    if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
-        raise ValueError(f"flush_seconds must be a number > 0 (got {flush_seconds!r})")
-    if on_error not in ("raise", "warn"):
-        raise ValueError(f"on_error must be 'raise' or 'warn' (got {on_error!r})")
-    if path is not None and not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike (got {_describe(path)})")
-    return dict(
-        path=None if path is None else Path(path), kinds=kinds, max_values=max_values, every=every,
-        include=include_patterns, exclude=exclude_patterns, overwrite=overwrite,
-        flush_seconds=float(flush_seconds), on_error=on_error,
-    )  # fmt: skip
-
-
 class Run:
     """A trace being recorded (inside the ``with`` block) or recorded (after it).
 
@@ -164,7 +129,7 @@ class Run:
     ) -> None:
         self._rank = _destination.rank()
         if path is None:  # every rank traces into the directory rank 0 names
-            path = Path(_destination.on_rank_zero("name", None, lambda: str(_default_path(model))))
+            path = Path(_destination.on_rank_zero("name", None, lambda _: str(_default_path(model))))
         self.path = path
         self._on_error = on_error
         self._model = model
@@ -180,7 +145,8 @@ class Run:
         self._writer: Writer | None = None
         self._state = "new"
         self._final_step = 0
-        self._sigterm = SigtermGuard(self._finalize_on_signal)
+        self._writes_meta = False  # this process prepared the directory (see _prepare)
+        self._sigterm = SigtermGuard(self._finalize_on_signal, self._resume_after_signal)
 
     def __repr__(self) -> str:
         return f"<tracer.Run {str(self.path)!r} step={self.step} {self._state}>"
@@ -200,7 +166,7 @@ class Run:
         return self._recorder.current_step() if self._recorder is not None else self._final_step
 
     # -- context manager ---------------------------------------------------------
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         if self._state != "new":
             raise RuntimeError("a tracer.Run can be entered only once; call tracer.trace() again")
         if self._model in _traced_modules:
@@ -211,11 +177,13 @@ class Run:
             )
         self._state = "entering"
         try:
-            _destination.on_rank_zero("prepare", self.path, self._prepare)
+            _destination.on_rank_zero("prepare", self.path, lambda _: self._prepare())
         except OSError as exc:
             if isinstance(exc, (FileExistsError, NotADirectoryError)) or self._on_error == "raise":
                 self._state = "failed"
-                raise _write_error(self.path, exc) if not isinstance(exc, FileExistsError) else exc
+                if isinstance(exc, FileExistsError):
+                    raise
+                raise _write_error(self.path, exc) from exc
             self._state = "failed"
             warnings.warn(
                 f"tracer could not start a trace in {str(self.path)!r} ({exc}); training goes on untraced",
@@ -230,8 +198,8 @@ class Run:
                 kinds=self._kinds,
                 max_values=self._max_values,
                 every=self._every,
-                params=self._param_infos(),
-                modules=self._module_infos(),
+                params=param_infos(self._model, self._optimizers, self._selected),
+                modules=module_infos(self._model, self._selected),
                 optimizers=self._optimizers,
                 select=self._selected,
                 on_error=self._on_error,
@@ -264,7 +232,7 @@ class Run:
                 self._recorder = None
                 self._state = "finished"
         error = writer.error
-        if self._rank == 0 and error is None:
+        if self._writes_meta and error is None:
             try:
                 write_json_atomic(self.path / META_FILE, self._meta(complete=True, recorder=recorder))
             except OSError as exc:
@@ -274,7 +242,7 @@ class Run:
         said = recorder.stopped or (exc_type is not None and issubclass(exc_type, TraceWriteError))
         if error is not None and not said:  # (stopped or raised: the user was told already)
             lost = "" if exc_type is None else f" (while {exc_type.__name__} propagated)"
-            _hooks._warn(
+            _dispatch._warn(
                 f"tracer could not finish the trace in {str(self.path)!r}{lost}: {error}; rows after "
                 "the failure were not written",
                 stacklevel=3,
@@ -322,7 +290,7 @@ class Run:
         if self._state == "running" and self._writer is not None:
             self._writer.flush()
 
-    def load(self, **filters: Any) -> "pandas.DataFrame":
+    def load(self, **filters: Any) -> pandas.DataFrame:
         """``tracer.load(run.path, ...)``, flushing first when called inside the block."""
         from tracer._load import load
 
@@ -342,51 +310,33 @@ class Run:
             check_destination(self.path, overwrite=self._overwrite)
             return ""
 
-        _destination.on_rank_zero("check", self.path, check)
+        _destination.on_rank_zero("check", self.path, lambda _: check())
 
     def _prepare(self) -> str:
-        """Rank 0's work at ``__enter__``: the directory made ready, the metadata written."""
+        """Rank 0's work at ``__enter__`` (or a rank's with a directory of its own): the
+        directory made ready, the metadata written (and rewritten when the block ends)."""
+        self._writes_meta = True
         prepare_directory(self.path, overwrite=self._overwrite)
         write_json_atomic(self.path / META_FILE, self._meta(complete=False, recorder=None))
         return ""
 
     def _finalize_on_signal(self) -> None:
-        """SIGTERM: stop recording, write what is buffered and the metadata (complete)."""
+        """SIGTERM: every buffered row and the metadata (complete) on disk, in case the
+        process ends now."""
         recorder, writer = self._recorder, self._writer
         if self._state != "running" or recorder is None or writer is None:
             return
-        recorder.stopped = True
         writer.flush()
-        if self._rank == 0 and writer.error is None:
+        if self._writes_meta and writer.error is None:
             write_json_atomic(self.path / META_FILE, self._meta(complete=True, recorder=recorder))
 
+    def _resume_after_signal(self) -> None:
+        """The replaced SIGTERM handler returned: the block goes on, and so does the trace."""
+        if self._state == "running" and self._writes_meta and self._writer is not None and self._writer.error is None:
+            write_json_atomic(self.path / META_FILE, self._meta(complete=False, recorder=self._recorder))
+
     def _selected(self, name: str) -> bool:
-        if self._include is not None and not any(fnmatch.fnmatchcase(name, p) for p in self._include):
-            return False
-        return not any(fnmatch.fnmatchcase(name, p) for p in self._exclude)
-
-    def _param_infos(self) -> dict[torch.Tensor, _hooks.ParamInfo]:
-        modules = dict(self._model.named_modules())
-        infos: dict[torch.Tensor, _hooks.ParamInfo] = {}
-        for name, p in self._model.named_parameters():
-            owner = modules.get(name.rpartition(".")[0])
-            infos[p] = _hooks.ParamInfo(name, type(owner).__name__, self._selected(name))
-        for oi, opt in enumerate(self._optimizers):
-            for gi, group in enumerate(opt.param_groups):
-                for pi, p in enumerate(group["params"]):
-                    if p not in infos:
-                        name = f"optimizer{oi}.group{gi}.param{pi}"
-                        infos[p] = _hooks.ParamInfo(name, "", self._selected(name))
-        return infos
-
-    def _module_infos(self) -> dict[torch.nn.Module, _hooks.ModuleInfo]:
-        infos: dict[torch.nn.Module, _hooks.ModuleInfo] = {}
-        for name, module in self._model.named_modules():
-            is_root = module is self._model
-            selected = self._selected(name)
-            if selected or is_root:
-                infos[module] = _hooks.ModuleInfo(name, type(module).__name__, selected=selected, is_root=is_root)
-        return infos
+        return selected(name, self._include, self._exclude)
 
     def _install(self) -> None:
         assert self._recorder is not None
@@ -425,50 +375,23 @@ class Run:
             stacklevel=3,
         )
 
-    def _parameters_meta(self) -> list[dict[str, Any]]:
-        """Every parameter, traced or not: frozen ones have no rows, but are listed here."""
-        where: dict[torch.Tensor, tuple[int, int]] = {}
-        for oi, opt in enumerate(self._optimizers):
-            for gi, group in enumerate(opt.param_groups):
-                for p in group["params"]:
-                    where.setdefault(p, (oi, gi))
-        out = []
-        for name, p in self._model.named_parameters():
-            oi, gi = where.get(p, (None, None))
-            out.append(
-                {
-                    "name": name, "shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),
-                    "requires_grad": p.requires_grad, "optimizer": oi, "param_group": gi,
-                }  # fmt: skip
-            )
-        return out
-
     def _meta(self, *, complete: bool, recorder: _hooks.Recorder | None) -> dict[str, Any]:
-        from tracer import __version__
-
         adopted = recorder.adopted if recorder is not None else [False] * len(self._optimizers)
-        files = self._writer.files if self._writer is not None and complete else []
-        return {
-            "format": "tracer",
-            "schema_version": SCHEMA_VERSION,
-            "tracer_version": __version__,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "complete": complete,
-            "steps": self.step if complete else None,
-            "model": type(self._model).__name__,
-            "optimizers": [dict(_optimizer_meta(o), adopted=a) for o, a in zip(self._optimizers, adopted)],
-            "parameters": self._parameters_meta(),
-            "files": list(files),
-            "options": {
+        return trace_metadata(
+            self._model,
+            self._optimizers,
+            adopted=adopted,
+            complete=complete,
+            steps=self.step if complete else None,
+            files=self._writer.files if self._writer is not None and complete else [],
+            options={
                 "capture": sorted(self._kinds),
                 "max_values": self._max_values,
                 "every": self._every,
                 "include": self._include,
                 "exclude": self._exclude,
             },
-        }
+        )
 
 
 def _write_error(path: Path, error: BaseException) -> TraceWriteError:
@@ -476,99 +399,3 @@ def _write_error(path: Path, error: BaseException) -> TraceWriteError:
         f"tracer could not write to {str(path)!r}: {error}; free space or choose another path "
         "(on_error='warn' lets training go on untraced)"
     )
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose names users know: DDP/DataParallel and ``torch.compile`` removed."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
-        if isinstance(inner, torch.nn.Module):
-            model = inner
-            continue
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-            continue
-        return model
-
-
-def _refuse_sharded(model: torch.nn.Module) -> None:
-    """FSDP shards parameters across ranks: refuse rather than record shards as if whole."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    if fsdp is None:  # a sharded model has imported it already; importing it here is costly
-        return
-    FSDPModule = getattr(fsdp, "FSDPModule", ())
-    FullyShardedDataParallel = getattr(fsdp, "FullyShardedDataParallel", ())
-    for name, module in model.named_modules():
-        if isinstance(module, (FSDPModule, FullyShardedDataParallel)):
-            where = f"module {name!r}" if name else "the model"
-            raise NotImplementedError(
-                f"{where} is sharded by FSDP, which tracer does not support yet: its parameters, "
-                "gradients and optimizer state hold one rank's shard, so values would be silently "
-                "partial. Trace the model without FSDP (e.g. on one process, or under "
-                "DistributedDataParallel) to record it."
-            )
-
-
-def _optimizer_meta(opt: torch.optim.Optimizer) -> dict[str, Any]:
-    cls = type(opt)
-    bases = [
-        c.__name__
-        for c in cls.__mro__[1:]
-        if c.__module__.startswith("torch.optim") and c is not torch.optim.Optimizer
-    ]
-    return {"class": cls.__name__, "qualname": f"{cls.__module__}.{cls.__qualname__}", "bases": bases}
-
-
-def _default_path(model: torch.nn.Module) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = Path("traces") / f"{type(model).__name__}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
-    if optimizer is None:
-        return []
-    items = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-    for item in items:
-        if not isinstance(item, torch.optim.Optimizer):
-            raise TypeError(
-                "optimizer must be a torch.optim.Optimizer, a list of them, or None "
-                f"(got {_describe(item)})"
-            )
-    return items
-
-
-def _check_capture(capture: Any) -> frozenset[str]:
-    if isinstance(capture, str):
-        capture = [capture]
-    try:
-        kinds = frozenset(capture)
-    except TypeError:
-        raise TypeError(f"capture must be an iterable of kinds (got {_describe(capture)})") from None
-    unknown = sorted(str(k) for k in kinds - ALL)
-    if unknown:
-        raise ValueError(f"unknown capture kind(s) {unknown}; valid kinds are {list(KINDS)}")
-    return kinds
-
-
-def _check_patterns(arg: str, patterns: Any) -> list[str] | None:
-    if patterns is None:
-        return None if arg == "include" else []
-    if isinstance(patterns, str):
-        return [patterns]
-    items = list(patterns) if isinstance(patterns, Iterable) else None
-    if items is None or not all(isinstance(p, str) for p in items):
-        raise TypeError(f"{arg} must be a glob pattern or a list of them (got {patterns!r})")
-    return items

@@ -1,114 +1,102 @@
-"""``tracer summary``: what a trace holds, at a glance (read without the values column)."""
+"""``tracer summary``: what a trace holds, at a glance (read without the values column).
+
+The loss per step, the norms and the first non-finite value are those of
+:mod:`tracer._series`: ``tracer diagnose`` reads the same ones.
+"""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tracer._render import escape_text
 from tracer._schema import KINDS
+from tracer._series import NonFinite, Series, series
+from tracer._trace import Trace, TraceLike
 
-_COLUMNS = ["step", "seq", "rank", "kind", "name", "call", "part", "numel", "mean", "norm", "nonfinite"]
 _MAX_NAMES = 12
 _MAX_STEPS = 20
 
 
-def summarize(path: Path) -> dict[str, Any]:
-    """The summary of the trace at ``path`` as plain data (what ``tracer summary --json`` prints)."""
-    from tracer._load import load
-    from tracer._reader import read_meta
+def summarize(trace: TraceLike) -> dict[str, Any]:
+    """The summary of a trace as plain data (what ``tracer summary --json`` prints).
 
-    rows = load(path, columns=_COLUMNS)
-    meta = read_meta(path)
-    files = [f for f in path.rglob("*") if f.is_file()]
-    steps = sorted({int(s) for s in rows["step"]})
-    kinds = [k for k in KINDS if k in set(rows["kind"])]
-    lead = rows[rows["rank"] == rows["rank"].min()] if len(rows) else rows
+    Example::
+
+        summarize("traces/run1")["loss"]   # [{"step": 0, "loss": 25.0, "calls": 1}, ...]
+    """
+    opened = Trace.open(trace)
+    s = series(opened)
+    rows, meta = s.stats, opened.meta
+    files = [f for f in opened.path.rglob("*") if f.is_file()] if opened.path is not None else []
+    present = set(rows["kind"].unique())
+    kinds = [k for k in KINDS if k in present]
     return {
-        "path": str(path),
-        "model": meta.get("model"),
-        "optimizers": [o["class"] for o in meta.get("optimizers", [])],
-        "complete": meta.get("complete"),
-        "steps": steps,
-        "ranks": sorted({int(r) for r in rows["rank"]}),
+        "path": opened.source,
+        "model": meta.model,
+        "optimizers": [o.cls for o in meta.optimizers],
+        "complete": meta.complete,
+        "steps": s.steps,
+        "ranks": sorted(int(r) for r in rows["rank"].unique()),
         "rows": len(rows),
         "files": len(files),
         "bytes": sum(f.stat().st_size for f in files),
         "kinds": {k: int((rows["kind"] == k).sum()) for k in kinds},
-        "names": {k: list(dict.fromkeys(rows.loc[rows["kind"] == k, "name"])) for k in kinds},
-        "loss": _loss(lead),
-        "parameters": _norms(lead),
-        "first_nonfinite": _first_nonfinite(path, rows),
-        "skipped_steps": sorted({int(x) for x in rows.loc[rows["kind"] == "skipped", "step"]}),
+        "names": {k: [str(n) for n in rows.loc[rows["kind"] == k, "name"].unique()] for k in kinds},
+        "loss": _loss(s),
+        "parameters": _norms(s),
+        "first_nonfinite": _nonfinite(s.first_nonfinite),
+        "nonfinite_not_counted": int((rows["nonfinite"] > 0).sum()) - len(s.nonfinite),
+        "skipped_steps": sorted(s.skipped),
     }
 
 
-def _loss(rows: Any) -> list[dict[str, Any]]:
-    loss = rows[rows["kind"] == "loss"]
-    out = []
-    for step, group in loss.groupby("step", sort=True):
-        out.append({"step": int(step), "loss": float(group["mean"].mean()), "calls": len(group)})
-    return out
+def _loss(s: Series) -> list[dict[str, Any]]:
+    """Per step (and loss series, when there are several): the loss and how many were summed."""
+    several = len(s.loss_series) > 1
+    return [
+        {"step": int(step), "loss": float(loss), "calls": int(calls), **({"series": name} if several else {})}
+        for step, name, loss, calls in s.losses[["step", "series", "loss", "calls"]].itertuples(index=False)
+    ]
 
 
-def _norms(rows: Any) -> list[dict[str, Any]]:
+def _norms(s: Series) -> list[dict[str, Any]]:
     """Per parameter: gradient and update L2 norm at the first and last step, and the largest."""
     out: dict[str, dict[str, Any]] = {}
+    norms = s.norms
     for kind in ("grad", "update"):
-        part = rows[rows["kind"] == kind]
-        for name, group in part.groupby("name", sort=False):
-            norms = group["norm"].to_numpy(dtype=np.float64, na_value=np.nan)
+        for name, group in norms[norms[kind].notna()].groupby("name", sort=False):
+            values = group[kind].to_numpy(dtype=np.float64)
             steps = group["step"].to_numpy()
-            entry = out.setdefault(name, {"name": name})
-            if np.isnan(norms).all():
-                largest = math.nan
-                at = None
-            else:
-                i = int(np.nanargmax(norms))
-                largest, at = float(norms[i]), int(steps[i])
-            entry[kind] = {
-                "first": float(norms[0]),
-                "last": float(norms[-1]),
-                "max": largest,
-                "max_step": at,
-                "steps": len(norms),
+            finite = ~np.isnan(values)
+            i = int(np.nanargmax(values)) if finite.any() else None
+            out.setdefault(str(name), {"name": str(name)})[kind] = {
+                "first": float(values[0]),
+                "last": float(values[-1]),
+                "max": math.nan if i is None else float(values[i]),
+                "max_step": None if i is None else int(steps[i]),
+                "steps": len(values),
             }
     return list(out.values())
 
 
-def _first_nonfinite(path: Path, rows: Any) -> dict[str, Any] | None:
-    counts = rows["nonfinite"].to_numpy(dtype=np.float64, na_value=0.0)
-    hits = np.flatnonzero(counts > 0)
-    if not hits.size:
+def _nonfinite(found: NonFinite | None) -> dict[str, Any] | None:
+    if found is None:
         return None
-    row = rows.iloc[int(hits[0])]
-    found: dict[str, Any] = {
-        "step": int(row["step"]),
-        "kind": row["kind"],
-        "name": row["name"],
-        "call": int(row["call"]),
-        "part": row["part"],
-        "count": int(row["nonfinite"]),
-        "numel": int(row["numel"]),
-        "index": None,
-        "value": None,
+    value = found.value
+    return {
+        "step": found.step,
+        "kind": found.kind,
+        "name": found.name,
+        "call": found.call,
+        "part": found.part,
+        "count": found.count,
+        "numel": found.numel,
+        "index": None if found.index is None else list(found.index),
+        "value": [value.real, value.imag] if isinstance(value, complex) else value,
     }
-    from tracer._load import load
-
-    full = load(path, kind=row["kind"], step=int(row["step"]), columns=["seq", "rank", "name", "shape", "values"])
-    full = full[(full["seq"] == row["seq"]) & (full["rank"] == row["rank"])]
-    if len(full) and full["values"].iloc[0] is not None:
-        values = np.asarray(full["values"].iloc[0])  # float64, or complex128 for complex rows
-        flat = int(np.flatnonzero(~np.isfinite(values))[0])
-        shape = tuple(int(s) for s in full["shape"].iloc[0])
-        found["index"] = list(np.unravel_index(flat, shape)) if shape else []
-        found["index"] = [int(i) for i in found["index"]]
-        value = values[flat]
-        found["value"] = [float(value.real), float(value.imag)] if np.iscomplexobj(value) else float(value)
-    return found
 
 
 # --------------------------------------------------------------------------- text
@@ -136,16 +124,14 @@ def format_summary(s: dict[str, Any]) -> str:
             if len(names) > _MAX_NAMES:
                 shown += f", ... ({len(names) - _MAX_NAMES} more)"
             lines.append(f"  {kind:<{width}}  {shown}")
-    lines.append("non-finite " + _nonfinite_text(s["first_nonfinite"]))
+    lines.append(
+        "non-finite " + _nonfinite_text(s["first_nonfinite"]) + _not_counted(s.get("nonfinite_not_counted", 0))
+    )
     if s.get("skipped_steps"):
         shown = ", ".join(map(str, s["skipped_steps"]))
         lines.append(f"skipped    steps {shown}: the GradScaler skipped optimizer.step() (inf/NaN gradients)")
     if s["loss"]:
-        lines += ["", "loss per step"]
-        lines += _table(
-            ["step", "loss"] + (["calls"] if any(r["calls"] > 1 for r in s["loss"]) else []),
-            [None if r is None else [r["step"], _num(r["loss"]), r["calls"]] for r in _elide(s["loss"])],
-        )
+        lines += _loss_lines(s["loss"])
     if s["parameters"]:
         lines += ["", "norms per parameter (L2; first step / last step / largest at step)"]
         rows = []
@@ -153,6 +139,25 @@ def format_summary(s: dict[str, Any]) -> str:
             rows.append([_name(p["name"]), _norm_text(p.get("grad")), _norm_text(p.get("update"))])
         lines += _table(["parameter", "grad norm", "update norm"], rows)
     return "\n".join(lines)
+
+
+def _loss_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """The loss table: one column per loss series; ``calls`` where micro-batches were summed."""
+    names = list(dict.fromkeys(e.get("series", "loss") for e in entries))
+    by_step: dict[int, dict[str, dict[str, Any]]] = {}
+    for e in entries:
+        by_step.setdefault(e["step"], {})[e.get("series", "loss")] = e
+    summed = any(e["calls"] > 1 for e in entries)
+    header = ["step"] + (["loss"] if len(names) == 1 else [f"loss {escape_text(n)}" for n in names])
+    if summed:
+        header += ["calls"] if len(names) == 1 else [f"calls {escape_text(n)}" for n in names]
+    rows: list[Any] = []
+    for step, at in by_step.items():
+        cells = [_num(at[n]["loss"]) if n in at else "-" for n in names]
+        calls = [str(at[n]["calls"]) if n in at else "-" for n in names] if summed else []
+        rows.append([step, *cells, *calls])
+    title = "loss per step" + (" (the sum of its micro-batch losses)" if summed else "")
+    return ["", title, *_table(header, _elide(rows))]
 
 
 def _elide(rows: list[Any]) -> list[Any]:
@@ -195,6 +200,12 @@ def _nonfinite_text(found: dict[str, Any] | None) -> str:
     return text
 
 
+def _not_counted(rows: int) -> str:
+    if not rows:
+        return ""
+    return f" ({rows} row(s) with ±inf masks or a gradient scaler's skipped values are not counted)"
+
+
 def _row(kind: str, name: str) -> str:
     return "loss" if (kind, name) == ("loss", "loss") else f"{kind} {_name(name)}"
 
@@ -215,8 +226,11 @@ def _steps_range(steps: list[int]) -> str:
 
 
 def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"

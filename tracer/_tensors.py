@@ -107,7 +107,16 @@ _PLAIN: dict[torch.dtype, str] = {
         torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     )
 }  # fmt: skip
-for _name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
+for _name in (
+    "uint16",
+    "uint32",
+    "uint64",
+    "float8_e4m3fn",
+    "float8_e4m3fnuz",
+    "float8_e5m2",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+):
     if isinstance(getattr(torch, _name, None), torch.dtype):  # newer dtypes: not in every torch
         _PLAIN[getattr(torch, _name)] = _name
 
@@ -170,7 +179,6 @@ class CopyPool:
 assert CopyPool.POOLED > _COPY_FOR_STATS
 
 
-
 def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None = None) -> Captured:
     """Snapshot ``tensor``: its values if it has at most ``max_values`` elements, else its stats.
 
@@ -182,7 +190,9 @@ def capture(tensor: torch.Tensor, max_values: int | None, pool: CopyPool | None 
     try:
         t = tensor.detach()
         dtype = _PLAIN.get(t.dtype)
-        if not (dtype is None or type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta):
+        if not (
+            dtype is None or type(t) is not torch.Tensor or t.layout is not torch.strided or t.is_nested or t.is_meta
+        ):
             return _snapshot(t, tuple(t.shape), dtype, t.numel(), max_values, pool)
     except RuntimeError:
         if not _functorch.is_functorch_wrapped_tensor(tensor):
@@ -254,7 +264,7 @@ def _unwrap_functorch(t: torch.Tensor) -> tuple[torch.Tensor, list[int] | None]:
         if _functorch.is_batchedtensor(t):
             t, bdim = _functorch._unwrap_batched(t, _functorch.maybe_get_level(t))
             batches += 1  # wrappers come innermost transform first
-            labels.insert(bdim, -batches)
+            labels.insert(int(bdim or 0), -batches)
         elif _functorch.is_functionaltensor(t):
             torch._sync(t)  # pending updates of views applied to the wrapper, as any op on it would
             t = torch._from_functional_tensor(t)
@@ -271,9 +281,7 @@ def _plain_subclass(t: torch.Tensor) -> torch.Tensor:
     from torch._subclasses.fake_tensor import FakeTensor
 
     if isinstance(t, FakeTensor):
-        raise Unreadable(
-            "a FakeTensor (torch.compile or FakeTensorMode tracing) has a shape and dtype but no values"
-        )
+        raise Unreadable("a FakeTensor (torch.compile or FakeTensorMode tracing) has a shape and dtype but no values")
     if type(t).__torch_dispatch__ is not torch.Tensor.__torch_dispatch__:
         raise Unreadable(
             f"a {type(t).__qualname__} is a tensor subclass with its own __torch_dispatch__, whose values "

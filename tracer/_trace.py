@@ -67,6 +67,7 @@ class ParameterMeta:
     requires_grad: bool = True
     optimizer: int | None = None
     param_group: int | None = None
+    aliases: tuple[str, ...] = ()  # other names of a shared (tied) parameter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,13 @@ class TraceMeta:
             ),
             parameters=tuple(
                 ParameterMeta(
-                    p["name"], tuple(p.get("shape", ())), p.get("dtype", ""), p.get("requires_grad", True),
-                    p.get("optimizer"), p.get("param_group"),
+                    p["name"],
+                    tuple(p.get("shape", ())),
+                    p.get("dtype", ""),
+                    p.get("requires_grad", True),
+                    p.get("optimizer"),
+                    p.get("param_group"),
+                    tuple(p.get("aliases", ())),
                 )  # fmt: skip
                 for p in raw.get("parameters", ())
             ),
@@ -127,6 +133,11 @@ class TraceMeta:
             golden=raw.get("golden"),
             raw=dict(raw),
         )
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """``{alias: name}``: the other names of shared parameters, and the name their rows use."""
+        return {alias: p.name for p in self.parameters for alias in p.aliases}
 
     @property
     def optimizer_bases(self) -> dict[str, list[str]]:
@@ -179,12 +190,13 @@ class Trace:
         if isinstance(trace, (str, os.PathLike)):
             path = Path(trace)
         else:
-            path = getattr(trace, "path", None)
-            if not isinstance(path, Path) or not hasattr(trace, "flush"):
+            run_path = getattr(trace, "path", None)
+            if not isinstance(run_path, Path) or not hasattr(trace, "flush"):
                 raise TypeError(
                     "a trace is a path, a tracer.Run, a DataFrame from tracer.load or a tracer.Trace "
                     f"(got {type(trace).__module__}.{type(trace).__qualname__})".replace("builtins.", "")
                 )
+            path = run_path
             trace.flush()
         from tracer._reader import check_trace_dir, read_meta
 

@@ -40,9 +40,7 @@ def snapshot_state(state: dict) -> dict[str, Tensor]:
             out[key] = torch.tensor(float(val), dtype=torch.float64)
         elif isinstance(val, list) and all(isinstance(v, Tensor) for v in val):
             out[key] = (
-                torch.stack([v.detach().to(torch.float64) for v in val])
-                if val
-                else torch.zeros(0, dtype=torch.float64)
+                torch.stack([v.detach().to(torch.float64) for v in val]) if val else torch.zeros(0, dtype=torch.float64)
             )
     return out
 

@@ -17,7 +17,7 @@ def test_predict_matches_torch(check_rule, flags, foreach, dtype):
 
 def test_explain_first_step():
     hparams = {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0, "maximize": False}
-    lines = adadelta.explain("w", 1.0, -2.0, {}, hparams)
+    lines = adadelta.RULE.explain("w", 1.0, -2.0, {}, hparams)
     assert "v: 0.9 · 0 + 0.1 · (−2)² = 0.4" == lines[0]
     assert lines[1].startswith("Δx: √(0 + 1e−06) / √(0.4 + 1e−06) · (−2) = ")
 

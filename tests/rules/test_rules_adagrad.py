@@ -24,7 +24,9 @@ def test_predict_matches_torch(check_rule, flags, foreach, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_predict_matches_fused(check_rule, dtype):
-    make = lambda p: torch.optim.Adagrad(p, lr=0.05, lr_decay=0.1, initial_accumulator_value=0.2, fused=True)  # noqa: E731
+    def make(params):
+        return torch.optim.Adagrad(params, lr=0.05, lr_decay=0.1, initial_accumulator_value=0.2, fused=True)
+
     check_rule(adagrad.RULE, make, dtype)
 
 
@@ -53,7 +55,7 @@ def test_state_is_filled_at_construction(helpers):
 def test_explain_first_step():
     hparams = {"lr": 0.01, "lr_decay": 0, "weight_decay": 0, "initial_accumulator_value": 0, "eps": 1e-10}
     expected = ["s: 0 + (−20)² = 400", "w: 1 − 0.01 · (−20) / (√400 + ε) = 1.01"]
-    assert expected == adagrad.explain("w", 1.0, -20.0, {"step": 0.0, "sum": 0.0}, hparams)
+    assert expected == adagrad.RULE.explain("w", 1.0, -20.0, {"step": 0.0, "sum": 0.0}, hparams)
 
 
 def test_explain_matches_predict(check_explain):

@@ -69,12 +69,12 @@ def test_explain_first_step():
         "v̂: 0.4 / (1 − 0.999^1) = 400",
         "w[0,1]: 1 − 0.001 · (−20) / (√400 + 1e−08) = 1.001",
     ]
-    assert expected == adam.explain("w[0,1]", 1.0, -20.0, {}, HPARAMS)
+    assert expected == adam.RULE.explain("w[0,1]", 1.0, -20.0, {}, HPARAMS)
 
 
 def test_explain_decoupled_weight_decay():
     hparams = {**HPARAMS, "weight_decay": 0.01, "decoupled_weight_decay": True}
-    lines = adam.explain("w[0,1]", 1.0, -20.0, {"step": 1.0, "exp_avg": -2.0, "exp_avg_sq": 0.4}, hparams)
+    lines = adam.RULE.explain("w[0,1]", 1.0, -20.0, {"step": 1.0, "exp_avg": -2.0, "exp_avg_sq": 0.4}, hparams)
     assert "θ: 1 · (1 − 0.001 · 0.01) = 0.99999" == lines[0]
 
 
@@ -85,10 +85,10 @@ def test_explain_matches_predict(check_explain, cls):
 
 
 def test_text_follows_the_group_flags():
-    assert "g ← g + λ·θ" in adam.text({**HPARAMS, "weight_decay": 0.1})
-    decoupled = adam.text({**HPARAMS, "weight_decay": 0.1, "decoupled_weight_decay": True})
+    assert "g ← g + λ·θ" in adam.RULE.text({**HPARAMS, "weight_decay": 0.1})
+    decoupled = adam.RULE.text({**HPARAMS, "weight_decay": 0.1, "decoupled_weight_decay": True})
     assert "θ ← θ − γ·λ·θ" in decoupled
     assert "g ← g + λ·θ" not in decoupled
-    assert "vₘₐₓ" in adam.text({**HPARAMS, "amsgrad": True})
-    assert "vₘₐₓ" not in adam.text(HPARAMS)
-    assert r"v_t^{max}" in adam.latex({**HPARAMS, "amsgrad": True})
+    assert "vₘₐₓ" in adam.RULE.text({**HPARAMS, "amsgrad": True})
+    assert "vₘₐₓ" not in adam.RULE.text(HPARAMS)
+    assert r"v_t^{max}" in adam.RULE.latex({**HPARAMS, "amsgrad": True})

@@ -22,7 +22,7 @@ def test_explain_first_step():
         "u: max(0.999 · 0, |(−20)| + 1e−08) = 20",
         "w: 1 − 0.002 · (−2) / ((1 − 0.9^1) · 20) = 1.002",
     ]
-    assert expected == adamax.explain("w", 1.0, -20.0, {}, hparams)
+    assert expected == adamax.RULE.explain("w", 1.0, -20.0, {}, hparams)
 
 
 def test_explain_matches_predict(check_explain):

@@ -28,15 +28,15 @@ def test_eta_and_mu_follow_the_state(check_rule):
 
 
 def test_predict_matches_the_state_update():
-    # the new eta/mu computed by _compute must be what torch stores next
+    # the new eta/mu computed by compute must be what torch stores next
     model = torch.nn.Linear(2, 1, dtype=torch.float64)
     optimizer = torch.optim.ASGD(model.parameters(), lr=0.05, lambd=0.1, alpha=0.75, t0=1)
     model(torch.ones(1, 2, dtype=torch.float64)).sum().backward()
     optimizer.step()
     state = optimizer.state[model.weight]
-    parts = asgd._compute(model.weight.detach(), model.weight.grad, {}, optimizer.param_groups[0])
-    assert state["eta"].item() == parts["eta_next"].item()
-    assert state["mu"].item() == parts["mu_next"].item()
+    parts = asgd.compute(model.weight.detach(), model.weight.grad, {}, optimizer.param_groups[0])
+    assert state["eta"].item() == parts["eta_next"]
+    assert state["mu"].item() == parts["mu_next"]
 
 
 def test_explain_matches_predict(check_explain):

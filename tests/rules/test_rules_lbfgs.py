@@ -56,13 +56,13 @@ def test_first_step_is_a_scaled_gradient_step():
     param = torch.tensor([1.0, 2.0], dtype=torch.float64)
     grad = torch.tensor([-1.0, 3.0], dtype=torch.float64)  # ‖g‖₁ = 4, so t = lr / 4
     expected = param - 0.25 * grad
-    assert torch.equal(expected, lbfgs.predict(param, grad, {}, {**HPARAMS, "params": 1}))
+    assert torch.equal(expected, lbfgs.RULE.predict(param, grad, {}, {**HPARAMS, "params": 1}))
 
 
 def test_converged_gradient_leaves_param_unchanged():
     param = torch.tensor([1.0, 2.0], dtype=torch.float64)
     tiny = torch.full((2,), 1e-9, dtype=torch.float64)
-    assert torch.equal(param, lbfgs.predict(param, tiny, {}, {**HPARAMS, "params": ["w"]}))
+    assert torch.equal(param, lbfgs.RULE.predict(param, tiny, {}, {**HPARAMS, "params": ["w"]}))
 
 
 @pytest.mark.parametrize(
@@ -77,13 +77,13 @@ def test_converged_gradient_leaves_param_unchanged():
 def test_cannot_predict(change, reason):
     param = torch.ones(2, dtype=torch.float64)
     with pytest.raises(CannotPredict, match=reason):
-        lbfgs.predict(param, param, {}, {**HPARAMS, **change})
+        lbfgs.RULE.predict(param, param, {}, {**HPARAMS, **change})
 
 
 def test_missing_history_cannot_be_predicted():
     param = torch.ones(2, dtype=torch.float64)
     with pytest.raises(CannotPredict, match="history"):
-        lbfgs.predict(param, param, {"n_iter": torch.tensor(1.0), "func_evals": torch.tensor(1.0)}, HPARAMS)
+        lbfgs.RULE.predict(param, param, {"n_iter": torch.tensor(1.0), "func_evals": torch.tensor(1.0)}, HPARAMS)
 
 
 def test_several_parameters_are_detected_from_the_state(helpers):
@@ -92,14 +92,14 @@ def test_several_parameters_are_detected_from_the_state(helpers):
     assert "lin.weight" == weight_step2.name
     del weight_step2.hparams["params"]
     with pytest.raises(CannotPredict, match="several parameters"):
-        lbfgs.predict(weight_step2.param, weight_step2.grad, weight_step2.state, weight_step2.hparams)
+        lbfgs.RULE.predict(weight_step2.param, weight_step2.grad, weight_step2.state, weight_step2.hparams)
 
 
 def test_several_parameters_cannot_be_predicted(helpers):
     records = train(helpers, torch.float64, steps=2, bias=True, max_iter=1)
     for rec in records:
         with pytest.raises(CannotPredict):
-            lbfgs.predict(rec.param, rec.grad, rec.state, rec.hparams)
+            lbfgs.RULE.predict(rec.param, rec.grad, rec.state, rec.hparams)
 
 
 def test_note_explains_the_limits():
@@ -108,10 +108,10 @@ def test_note_explains_the_limits():
 
 
 def test_text_shows_the_two_loop_recursion():
-    text = lbfgs.text(HPARAMS)
+    text = lbfgs.RULE.text(HPARAMS)
     assert text.endswith("θ ← θ + t·d")
-    assert "strong-Wolfe" in lbfgs.text({**HPARAMS, "line_search_fn": "strong_wolfe"})
-    assert r"\theta \leftarrow \theta + t d" in lbfgs.latex(HPARAMS)
+    assert "strong-Wolfe" in lbfgs.RULE.text({**HPARAMS, "line_search_fn": "strong_wolfe"})
+    assert r"\theta \leftarrow \theta + t d" in lbfgs.RULE.latex(HPARAMS)
 
 
 def test_explain_first_step():
@@ -120,4 +120,4 @@ def test_explain_first_step():
         "t: min(1, 1/‖g‖₁) · 1   (‖g‖₁ over every parameter)",
         "w[0,1]: 1 + t · 20",
     ]
-    assert expected == lbfgs.explain("w[0,1]", 1.0, -20.0, {}, HPARAMS)
+    assert expected == lbfgs.RULE.explain("w[0,1]", 1.0, -20.0, {}, HPARAMS)

@@ -38,10 +38,18 @@ def test_adjusted_lr():
 
 
 def test_non_matrix_cannot_be_predicted():
-    hparams = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.1,
-               "ns_coefficients": [3.4445, -4.775, 2.0315], "eps": 1e-7, "ns_steps": 5, "adjust_lr_fn": None}
+    hparams = {
+        "lr": 0.02,
+        "momentum": 0.95,
+        "nesterov": True,
+        "weight_decay": 0.1,
+        "ns_coefficients": [3.4445, -4.775, 2.0315],
+        "eps": 1e-7,
+        "ns_steps": 5,
+        "adjust_lr_fn": None,
+    }
     with pytest.raises(CannotPredict, match="2-D"):
-        muon.predict(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), {}, hparams)
+        muon.RULE.predict(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), {}, hparams)
 
 
 def test_explain_shows_the_local_arithmetic():
@@ -52,4 +60,19 @@ def test_explain_shows_the_local_arithmetic():
         "O: Newton–Schulz over the whole matrix (bfloat16)",
         "w[0,1]: 1 · (1 − 0.02 · 0.1) − γ'·O = 0.998 − γ'·O",
     ]
-    assert expected == muon.explain("w[0,1]", 1.0, -2.0, {}, hparams)
+    assert expected == muon.RULE.explain("w[0,1]", 1.0, -2.0, {}, hparams)
+
+
+@pytest.mark.parametrize(
+    ("adjust_lr_fn", "expected"),
+    [
+        (None, "γ' ← γ·√max(1, m/n)   (θ is m×n)"),
+        ("original", "γ' ← γ·√max(1, m/n)   (θ is m×n)"),
+        ("match_rms_adamw", "γ' ← 0.2·γ·√max(m, n)   (θ is m×n)"),
+        ("unknown", "γ' ← γ"),
+    ],
+)
+def test_text_names_the_lr_adjustment(adjust_lr_fn, expected):
+    hparams = {"lr": 0.02, "momentum": 0.95, "nesterov": True, "weight_decay": 0.1, "adjust_lr_fn": adjust_lr_fn}
+    assert [expected] == [line for line in muon.RULE.text(hparams).split("\n") if line.startswith("γ'")]
+    assert 1 == muon.RULE.latex(hparams).count(r"\gamma' \leftarrow")

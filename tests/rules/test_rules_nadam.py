@@ -36,5 +36,5 @@ def test_explain_matches_predict(check_explain):
 
 def test_text_follows_the_group_flags():
     hparams = {"weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": False}
-    assert "θ ← θ − γ·λ·θ" in nadam.text(hparams)
-    assert "g ← g + λ·θ" in nadam.text({**hparams, "decoupled_weight_decay": False})
+    assert "θ ← θ − γ·λ·θ" in nadam.RULE.text(hparams)
+    assert "g ← g + λ·θ" in nadam.RULE.text({**hparams, "decoupled_weight_decay": False})

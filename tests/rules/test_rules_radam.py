@@ -31,9 +31,9 @@ def test_predict_matches_torch_across_rectification(check_rule, flags, foreach, 
 
 def test_explain_names_the_branch():
     hparams = {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0, "maximize": False}
-    first = radam.explain("w", 1.0, -20.0, {}, hparams)
+    first = radam.RULE.explain("w", 1.0, -20.0, {}, hparams)
     assert "ρₜ: 1 ≤ 5, so not rectified" == first[-2]
-    later = radam.explain("w", 1.0, -20.0, {"step": 9.0, "exp_avg": -2.0, "exp_avg_sq": 0.4}, hparams)
+    later = radam.RULE.explain("w", 1.0, -20.0, {"step": 9.0, "exp_avg": -2.0, "exp_avg_sq": 0.4}, hparams)
     assert later[-3].startswith("ρₜ: ") and "so rectified" in later[-3]
 
 

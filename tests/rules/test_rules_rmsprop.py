@@ -30,7 +30,7 @@ def test_explain_first_step():
         "√v + ε: √4 + ε = 2",
         "w: 1 − 0.01 · (−20) / 2 = 1.1",
     ]
-    assert expected == rmsprop.explain("w", 1.0, -20.0, {}, hparams)
+    assert expected == rmsprop.RULE.explain("w", 1.0, -20.0, {}, hparams)
 
 
 def test_explain_matches_predict(check_explain):
@@ -40,5 +40,5 @@ def test_explain_matches_predict(check_explain):
 
 def test_text_follows_the_group_flags():
     hparams = {"centered": True, "momentum": 0.9}
-    assert "b ← μ·b + g / (√ṽ + ε)\nθ ← θ − γ·b" in rmsprop.text(hparams)
-    assert "θ ← θ − γ·g / (√v + ε)" in rmsprop.text({})
+    assert "b ← μ·b + g / (√ṽ + ε)\nθ ← θ − γ·b" in rmsprop.RULE.text(hparams)
+    assert "θ ← θ − γ·g / (√v + ε)" in rmsprop.RULE.text({})

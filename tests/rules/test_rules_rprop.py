@@ -32,7 +32,7 @@ def test_explain_sign_flip():
         "g: 0 (the sign flipped, so this step does not move)",
         "w: 1 − 0.01 · sign(0) = 1",
     ]
-    assert expected == rprop.explain("w", 1.0, -20.0, {"prev": 3.0, "step_size": 0.02}, hparams)
+    assert expected == rprop.RULE.explain("w", 1.0, -20.0, {"prev": 3.0, "step_size": 0.02}, hparams)
 
 
 def test_explain_matches_predict(check_explain):

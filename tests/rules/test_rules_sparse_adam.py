@@ -57,21 +57,21 @@ def test_present_rows():
 def test_all_zero_gradient_changes_nothing():
     param = torch.ones(3, 2, dtype=torch.float64)
     hparams = {"lr": 0.1, "betas": [0.9, 0.999], "eps": 1e-8, "maximize": False}
-    assert torch.equal(param, sparse_adam.predict(param, torch.zeros(3, 2, dtype=torch.float64), {}, hparams))
+    assert torch.equal(param, sparse_adam.RULE.predict(param, torch.zeros(3, 2, dtype=torch.float64), {}, hparams))
 
 
 def test_explain_matches_predict(helpers):
     records = train(helpers, torch.float64)
     for rec in records:
         index = (1, 2)
-        lines = sparse_adam.explain(
+        lines = sparse_adam.RULE.explain(
             "w[1,2]",
             rec.param[index].item(),
             rec.grad[index].item(),
             helpers.element_state(rec.state, rec.param, index),
             rec.hparams,
         )
-        predicted = sparse_adam.predict(rec.param, rec.grad, rec.state, rec.hparams)[index].item()
+        predicted = sparse_adam.RULE.predict(rec.param, rec.grad, rec.state, rec.hparams)[index].item()
         assert pytest.approx(predicted, rel=6e-6) == helpers.final_number(lines[-1])
 
 

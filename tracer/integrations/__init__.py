@@ -40,7 +40,7 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
 
 def check_options(path: Any, options: dict[str, Any]) -> dict[str, Any]:
     """``tracer.trace``'s keyword arguments, checked now rather than when training starts."""
-    from tracer._session import check_options as check_trace_options
+    from tracer._options import check_options as check_trace_options
 
     if "model" in options or "optimizer" in options:
         raise TypeError("the callback traces the trainer's model and optimizers: pass neither")

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-
 import tracer
 from tracer.integrations import (
     MissingExtraError,

@@ -18,7 +18,12 @@ from typing import Any
 import torch
 
 import tracer
-from tracer.integrations import check_options, check_validation, require, validation_context
+from tracer.integrations import (
+    check_options,
+    check_validation,
+    require,
+    validation_context,
+)
 
 __all__ = ["TraceCallback"]
 
@@ -34,7 +39,7 @@ def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-class TraceCallback(_TrainerCallback):  # type: ignore[misc]
+class TraceCallback(_TrainerCallback):  # type: ignore[misc,valid-type]
     """Trace a ``transformers.Trainer`` training run, as ``tracer.trace`` would.
 
     The trace opens at ``on_train_begin`` and closes at ``on_train_end``. ``step`` counts
@@ -131,7 +136,7 @@ class TraceCallback(_TrainerCallback):  # type: ignore[misc]
             else:
                 self.run.__exit__(type(exception), exception, exception.__traceback__)
 
-    def __enter__(self) -> "TraceCallback":
+    def __enter__(self) -> TraceCallback:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

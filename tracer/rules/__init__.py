@@ -1,5 +1,9 @@
 """Update rules of the torch.optim optimizers: text, LaTeX, predict and explain.
 
+One module per torch.optim optimizer declares its algorithm once, as `Line`s
+(condition on the param group, text, LaTeX, explain template) and one compute
+function replaying torch's single-tensor step; `_base.Rule` renders and runs them.
+
 Look a rule up by optimizer class name, falling back to the base classes of a
 subclass:
 

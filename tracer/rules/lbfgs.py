@@ -14,6 +14,10 @@ predicts from an empty state; with a history in the state, the size of ``d``
 shows whether the optimizer holds other parameters. History lists
 (``old_dirs``, ``old_stps``, ``ro``) may be lists of tensors or stacked into
 one tensor, a row per entry.
+
+Its lines are declared like every rule's, but it has no elementwise compute:
+the direction d comes from dot products over the whole flat vector, so
+predict and explain are its own (`_LBFGSRule`).
 """
 
 from __future__ import annotations
@@ -23,68 +27,38 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._base import (
-    MINUS,
-    CannotPredict,
-    Rule,
-    arg,
-    item,
-    latex_lines,
-    no_grad_line,
-    num,
-    text_lines,
-    value,
-)
-
-SYMBOLS = {
-    "lr": "γ",
-    "max_iter": "max_iter",
-    "history_size": "m",
-    "tolerance_grad": "tol_g",
-    "tolerance_change": "tol_Δ",
-}
-
-NOTE = (
-    "Predicted only for max_iter=1 without a line search, and only when the optimizer holds a single "
-    "parameter tensor: more iterations re-evaluate the loss and a line search probes it, neither of "
-    "which is traced; several parameters are coupled through one flat vector (the first step is scaled "
-    "by 1/‖g‖₁ over all of them), which one parameter's values cannot reproduce."
-)
+from ._base import MINUS, CannotPredict, Line, Rule, arg, item, no_grad_line, num
+from ._shared import value
 
 HISTORY_KEYS = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad")
 
-
-def text(hparams: dict) -> str:
-    """The L-BFGS rule in plain text for these hparams."""
-    lines = [
+LINES = (
+    Line(
         "d ← −g at the first iteration; later, with sᵢ = t·dᵢ and yᵢ = gᵢ₊₁ − gᵢ from the last m steps:",
-        "q ← −g;  for i newest→oldest: aᵢ ← ρᵢ·sᵢ·q, q ← q − aᵢ·yᵢ   (ρᵢ = 1/(yᵢ·sᵢ))",
-        "d ← H·q, H = (y·s)/(y·y) of the newest pair;  for i oldest→newest: d ← d + sᵢ·(aᵢ − ρᵢ·yᵢ·d)",
-        "t ← min(1, 1/‖g‖₁)·γ at the first iteration, else γ",
-    ]
-    if hparams.get("line_search_fn"):
-        lines.append("t ← strong-Wolfe line search from that t")
-    lines.append("θ ← θ + t·d")
-    if int(hparams.get("max_iter", 1)) > 1:
-        lines.append(f"(repeated up to {int(hparams['max_iter'])} times per step)")
-    return text_lines(lines)
-
-
-def latex(hparams: dict) -> str:
-    """The L-BFGS rule in LaTeX for these hparams."""
-    lines = [
         r"d \leftarrow -g \text{ at the first iteration; later, with } s_i = t d_i,\; y_i = g_{i+1} - g_i"
         r" \text{ from the last } m \text{ steps:}",
+    ),
+    Line(
+        "q ← −g;  for i newest→oldest: aᵢ ← ρᵢ·sᵢ·q, q ← q − aᵢ·yᵢ   (ρᵢ = 1/(yᵢ·sᵢ))",
         r"q \leftarrow -g; \; \text{for } i \text{ newest} \to \text{oldest}: \;"
         r" a_i \leftarrow \rho_i s_i^\top q, \; q \leftarrow q - a_i y_i \quad (\rho_i = 1 / y_i^\top s_i)",
+    ),
+    Line(
+        "d ← H·q, H = (y·s)/(y·y) of the newest pair;  for i oldest→newest: d ← d + sᵢ·(aᵢ − ρᵢ·yᵢ·d)",
         r"d \leftarrow H q, \; H = \frac{y^\top s}{y^\top y}; \; \text{for } i \text{ oldest} \to \text{newest}: \;"
         r" d \leftarrow d + s_i (a_i - \rho_i y_i^\top d)",
+    ),
+    Line(
+        "t ← min(1, 1/‖g‖₁)·γ at the first iteration, else γ",
         r"t \leftarrow \min(1, 1/\lVert g \rVert_1) \gamma \text{ at the first iteration, else } \gamma",
-    ]
-    if hparams.get("line_search_fn"):
-        lines.append(r"t \leftarrow \text{strong-Wolfe line search from } t")
-    lines.append(r"\theta \leftarrow \theta + t d")
-    return latex_lines(lines)
+    ),
+    Line(
+        "t ← strong-Wolfe line search from that t",
+        r"t \leftarrow \text{strong-Wolfe line search from } t",
+        when="line_search_fn",
+    ),
+    Line("θ ← θ + t·d", r"\theta \leftarrow \theta + t d"),
+)
 
 
 def _rows(x: Tensor | Sequence | None) -> list[Tensor]:
@@ -141,7 +115,8 @@ def _direction(flat_grad: Tensor, state: dict, hparams: dict) -> tuple[Tensor, f
     """The search direction d and step t of the next iteration, as `LBFGS.step` computes them."""
     lr = value(hparams, "lr")
     if item(state.get("n_iter", 0.0)) == 0:
-        return flat_grad.neg(), min(1.0, 1.0 / flat_grad.abs().sum()) * lr
+        # as torch's LBFGS: a tensor in the gradient's dtype (or 1.0), not a Python float
+        return flat_grad.neg(), min(1.0, 1.0 / flat_grad.abs().sum()) * lr  # type: ignore[operator]
     history_size = int(hparams.get("history_size", 100))
     old_dirs, old_stps = _rows(state["old_dirs"]), _rows(state["old_stps"])
     ro = [r.reshape(()) for r in _rows(state["ro"])]
@@ -160,42 +135,70 @@ def _direction(flat_grad: Tensor, state: dict, hparams: dict) -> tuple[Tensor, f
     q = flat_grad.neg()
     for i in range(len(old_dirs) - 1, -1, -1):
         al[i] = old_stps[i].dot(q) * ro[i]
-        q.add_(old_dirs[i], alpha=-al[i])
+        q.add_(old_dirs[i], alpha=-al[i])  # type: ignore[arg-type]  # torch's own LBFGS passes a tensor
     d = r = torch.mul(q, h_diag)
     for i in range(len(old_dirs)):
         be_i = old_dirs[i].dot(r) * ro[i]
-        r.add_(old_stps[i], alpha=al[i] - be_i)
+        r.add_(old_stps[i], alpha=al[i] - be_i)  # type: ignore[arg-type]
     return d, lr
 
 
-def predict(param: Tensor, grad: Tensor | None, state: dict[str, Tensor], hparams: dict) -> Tensor:
-    """The parameter after one LBFGS step with max_iter=1 (see the module note)."""
-    _check(param, state, hparams)
-    flat_grad = torch.zeros(param.numel(), dtype=torch.float64) if grad is None else grad.reshape(-1)
-    if flat_grad.abs().max() <= value(hparams, "tolerance_grad"):
-        return param.clone()
-    d, t = _direction(flat_grad, state, hparams)
-    if flat_grad.dot(d) > -value(hparams, "tolerance_change"):
-        return param.clone()
-    return param.add(d.view_as(param), alpha=item(t))
+class _LBFGSRule(Rule):
+    """LBFGS's rule: predict and explain work on the whole flat vector, not element by element."""
 
+    def text(self, hparams: dict) -> str:
+        """The L-BFGS rule in plain text; more than one iteration per step is said last."""
+        text = super().text(hparams)
+        if int(hparams.get("max_iter", 1)) > 1:
+            text += f"\n(repeated up to {int(hparams['max_iter'])} times per step)"
+        return text
 
-def explain(label: str, param: float, grad: float | None, state: dict[str, float], hparams: dict) -> list[str]:
-    """One element's share of an L-BFGS step; t and d come from the whole flat vector."""
-    if grad is None:
-        return no_grad_line(label, param)
-    if item(state.get("n_iter", 0.0)) == 0:
-        lr = value(hparams, "lr")
+    def predict(self, param: Tensor, grad: Tensor | None, state: dict[str, Tensor], hparams: dict) -> Tensor:
+        """The parameter after one LBFGS step with max_iter=1 (see the module note)."""
+        _check(param, state, hparams)
+        flat_grad = torch.zeros(param.numel(), dtype=torch.float64) if grad is None else grad.reshape(-1)
+        if flat_grad.abs().max() <= value(hparams, "tolerance_grad"):
+            return param.clone()
+        d, t = _direction(flat_grad, state, hparams)
+        if flat_grad.dot(d) > -value(hparams, "tolerance_change"):
+            return param.clone()
+        return param.add(d.view_as(param), alpha=item(t))
+
+    def explain(
+        self, label: str, param: float, grad: float | None, state: dict[str, float], hparams: dict
+    ) -> list[str]:
+        """One element's share of an L-BFGS step; t and d come from the whole flat vector."""
+        if grad is None:
+            return no_grad_line(label, param)
+        if item(state.get("n_iter", 0.0)) == 0:
+            lr = value(hparams, "lr")
+            return [
+                f"d: {MINUS}{arg(grad)} = {num(-grad)}",
+                f"t: min(1, 1/‖g‖₁) · {arg(lr)}   (‖g‖₁ over every parameter)",
+                f"{label}: {arg(param)} + t · {arg(-grad)}",
+            ]
         return [
-            f"d: {MINUS}{arg(grad)} = {num(-grad)}",
-            f"t: min(1, 1/‖g‖₁) · {arg(lr)}   (‖g‖₁ over every parameter)",
-            f"{label}: {arg(param)} + t · {arg(-grad)}",
+            "d: two-loop recursion over the history (dot products over every parameter)",
+            f"t: {arg(value(hparams, 'lr'))}",
+            f"{label}: {arg(param)} + t · d",
         ]
-    return [
-        "d: two-loop recursion over the history (dot products over every parameter)",
-        f"t: {arg(value(hparams, 'lr'))}",
-        f"{label}: {arg(param)} + t · d",
-    ]
 
 
-RULE = Rule(optimizer="LBFGS", text=text, latex=latex, predict=predict, explain=explain, symbols=SYMBOLS, note=NOTE)
+RULE = _LBFGSRule(
+    optimizer="LBFGS",
+    lines=LINES,
+    compute=None,
+    symbols={
+        "lr": "γ",
+        "max_iter": "max_iter",
+        "history_size": "m",
+        "tolerance_grad": "tol_g",
+        "tolerance_change": "tol_Δ",
+    },
+    note=(
+        "Predicted only for max_iter=1 without a line search, and only when the optimizer holds a single "
+        "parameter tensor: more iterations re-evaluate the loss and a line search probes it, neither of "
+        "which is traced; several parameters are coupled through one flat vector (the first step is scaled "
+        "by 1/‖g‖₁ over all of them), which one parameter's values cannot reproduce."
+    ),
+)

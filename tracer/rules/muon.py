@@ -2,6 +2,10 @@
 
 The orthogonalisation is a port of ``torch.optim._muon._zeropower_via_newtonschulz``:
 it runs in bfloat16, as torch's does, so predict reproduces the same rounding.
+It mixes the whole matrix, so explain runs only the element's own part of the
+step (`local`: the momentum and the decay) and names O; the learning-rate
+adjustment is chosen by ``adjust_lr_fn``, a name rather than a flag, so its
+lines' conditions are functions.
 """
 
 from __future__ import annotations
@@ -11,80 +15,54 @@ import math
 import torch
 from torch import Tensor
 
-from ._base import (
-    MINUS,
-    CannotPredict,
-    Rule,
-    arg,
-    ema_line,
-    flag,
-    item,
-    latex_lines,
-    no_grad_line,
-    num,
-    scalars,
-    state_or,
-    text_lines,
-    value,
-)
+from ._base import CannotPredict, Line, Rule, ema, flag, item
+from ._shared import read, value
 
-SYMBOLS = {
-    "lr": "γ",
-    "weight_decay": "λ",
-    "momentum": "μ",
-    "ns_coefficients": "(a, b, c)",
-    "eps": "ε",
-    "ns_steps": "k",
-}
-
-NOTE = (
-    "The Newton–Schulz orthogonalisation mixes the whole matrix (in bfloat16), so explain shows "
-    "the element's momentum and decay arithmetic but not O's value."
-)
-
-
-def _adjust_text(hparams: dict) -> str:
-    """How γ is rescaled for the matrix shape m×n."""
-    if hparams.get("adjust_lr_fn") == "match_rms_adamw":
-        return "γ' ← 0.2·γ·√max(m, n)   (θ is m×n)"
-    if hparams.get("adjust_lr_fn") in (None, "original"):
-        return "γ' ← γ·√max(1, m/n)   (θ is m×n)"
-    return "γ' ← γ"
-
-
-def text(hparams: dict) -> str:
-    """The Muon rule in plain text for these hparams."""
-    lines = ["B ← μ·B + (1 − μ)·g"]
-    lines.append("B̃ ← g + μ·(B − g)" if flag(hparams, "nesterov") else "B̃ ← B")
-    lines += [
-        "X ← B̃ / max(‖B̃‖, ε);  k times: X ← a·X + (b·XXᵀ + c·(XXᵀ)²)·X;  O ← X   (Newton–Schulz, in bfloat16)",
-        _adjust_text(hparams),
-    ]
-    lines.append("θ ← θ·(1 − γ·λ) − γ'·O" if value(hparams, "weight_decay") else "θ ← θ − γ'·O")
-    return text_lines(lines)
-
-
-def latex(hparams: dict) -> str:
-    """The Muon rule in LaTeX for these hparams."""
-    adjust = {
-        "match_rms_adamw": r"\gamma' \leftarrow 0.2 \gamma \sqrt{\max(m, n)}",
-        None: r"\gamma' \leftarrow \gamma \sqrt{\max(1, m/n)}",
-        "original": r"\gamma' \leftarrow \gamma \sqrt{\max(1, m/n)}",
-    }.get(hparams.get("adjust_lr_fn"), r"\gamma' \leftarrow \gamma")
-    lines = [
+LINES = (
+    Line(
+        "B ← μ·B + (1 − μ)·g",
         r"B_t \leftarrow \mu B_{t-1} + (1 - \mu) g_t",
-        r"\widetilde{B}_t \leftarrow g_t + \mu (B_t - g_t)" if flag(hparams, "nesterov") else r"\widetilde{B}_t \leftarrow B_t",
+        explain=ema("B", "momentum", "momentum_buffer", "grad", "b"),
+    ),
+    Line(
+        "B̃ ← g + μ·(B − g)",
+        r"\widetilde{B}_t \leftarrow g_t + \mu (B_t - g_t)",
+        when="nesterov",
+        explain="B̃: {grad} + {momentum} · ({b} − {grad}) = {update!n}",
+    ),
+    Line("B̃ ← B", r"\widetilde{B}_t \leftarrow B_t", when="not nesterov"),
+    Line(
+        "X ← B̃ / max(‖B̃‖, ε);  k times: X ← a·X + (b·XXᵀ + c·(XXᵀ)²)·X;  O ← X   (Newton–Schulz, in bfloat16)",
         r"O_t \leftarrow \mathrm{NS}^{(a,b,c)}_{k}\big(\widetilde{B}_t; \epsilon\big)",
-        adjust,
-    ]
-    if value(hparams, "weight_decay"):
-        lines.append(r"\theta_t \leftarrow \theta_{t-1} (1 - \gamma \lambda) - \gamma' O_t")
-    else:
-        lines.append(r"\theta_t \leftarrow \theta_{t-1} - \gamma' O_t")
-    return latex_lines(lines)
+        explain="O: Newton–Schulz over the whole matrix (bfloat16)",
+    ),
+    Line(
+        "γ' ← γ·√max(1, m/n)   (θ is m×n)",
+        r"\gamma' \leftarrow \gamma \sqrt{\max(1, m/n)}",
+        when=lambda h: h.get("adjust_lr_fn") in (None, "original"),
+    ),
+    Line(
+        "γ' ← 0.2·γ·√max(m, n)   (θ is m×n)",
+        r"\gamma' \leftarrow 0.2 \gamma \sqrt{\max(m, n)}",
+        when=lambda h: h.get("adjust_lr_fn") == "match_rms_adamw",
+    ),
+    Line(  # any other name leaves γ as it is, as torch's _adjust_lr does
+        "γ' ← γ",
+        r"\gamma' \leftarrow \gamma",
+        when=lambda h: h.get("adjust_lr_fn") not in (None, "original", "match_rms_adamw"),
+    ),
+    Line(
+        "θ ← θ·(1 − γ·λ) − γ'·O",
+        r"\theta_t \leftarrow \theta_{t-1} (1 - \gamma \lambda) - \gamma' O_t",
+        when="weight_decay",
+    ),
+    Line("θ ← θ − γ'·O", r"\theta_t \leftarrow \theta_{t-1} - \gamma' O_t", when="not weight_decay"),
+)
 
 
-def zeropower_via_newtonschulz(grad: Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float) -> Tensor:
+def zeropower_via_newtonschulz(
+    grad: Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int, eps: float
+) -> Tensor:
     """Orthogonalise a matrix with torch's quintic Newton–Schulz iteration (in bfloat16)."""
     a, b, c = ns_coefficients
     ortho_grad = grad.bfloat16()
@@ -112,46 +90,46 @@ def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float
     return lr * ratio
 
 
-def _momentum(grad: Tensor, state: dict, hparams: dict) -> dict[str, Tensor]:
-    """The momentum buffer and the (Nesterov) update fed to Newton–Schulz."""
+def local(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
+    """The element's own part of the step: the momentum buffer, the (Nesterov) update, the decayed θ."""
     momentum = value(hparams, "momentum")
-    buf = state_or(state, "momentum_buffer", grad).lerp(grad, 1 - momentum)
-    update = grad.lerp(buf, momentum) if flag(hparams, "nesterov") else buf
-    return {"b": buf, "update": update}
+    parts: dict = {}
+    buf = parts["b"] = read(parts, state, "momentum_buffer", grad).lerp(grad, 1 - momentum)
+    parts["update"] = grad.lerp(buf, momentum) if flag(hparams, "nesterov") else buf
+    parts["theta"] = param.mul(1 - value(hparams, "lr") * value(hparams, "weight_decay"))
+    return parts
 
 
-def predict(param: Tensor, grad: Tensor | None, state: dict[str, Tensor], hparams: dict) -> Tensor:
-    """The parameter after one Muon step (``_single_tensor_muon``)."""
-    if grad is None:
-        return param.clone()
+def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
+    """Replay `_single_tensor_muon` for one matrix."""
     if grad.dim() != 2:
         raise CannotPredict(f"Muon updates 2-D parameters only (got a {grad.dim()}-D gradient)")
-    lr = value(hparams, "lr")
-    update = _momentum(grad, state, hparams)["update"]
-    ortho = zeropower_via_newtonschulz(
-        update, tuple(item(x) for x in hparams["ns_coefficients"]), int(hparams["ns_steps"]), value(hparams, "eps")
+    parts = local(param, grad, state, hparams)
+    a, b, c = (item(x) for x in hparams["ns_coefficients"])
+    ortho = parts["O"] = zeropower_via_newtonschulz(
+        parts["update"], (a, b, c), int(hparams["ns_steps"]), value(hparams, "eps")
     )
-    scaled_lr = adjusted_lr(lr, hparams.get("adjust_lr_fn"), param.shape)
-    return param.mul(1 - lr * value(hparams, "weight_decay")).add(ortho, alpha=-scaled_lr)
+    scaled_lr = adjusted_lr(value(hparams, "lr"), hparams.get("adjust_lr_fn"), param.shape)
+    parts["param"] = parts["theta"].add(ortho, alpha=-scaled_lr)
+    return parts
 
 
-def explain(label: str, param: float, grad: float | None, state: dict[str, float], hparams: dict) -> list[str]:
-    """One element's share of a Muon step; O comes from the whole matrix."""
-    if grad is None:
-        return no_grad_line(label, param)
-    _, g, s = scalars(param, grad, state)
-    parts = _momentum(g, s, hparams)
-    momentum = value(hparams, "momentum")
-    lines = [ema_line("B", momentum, state.get("momentum_buffer", 0.0), grad, parts["b"])]
-    if flag(hparams, "nesterov"):
-        b = item(parts["b"])
-        lines.append(f"B̃: {arg(grad)} + {arg(momentum)} · ({arg(b)} {MINUS} {arg(grad)}) = {num(item(parts['update']))}")
-    lines.append("O: Newton–Schulz over the whole matrix (bfloat16)")
-    lr = value(hparams, "lr")
-    decay = value(hparams, "weight_decay")
-    theta = param * (1 - lr * decay)
-    lines.append(f"{label}: {arg(param)} · (1 {MINUS} {arg(lr)} · {arg(decay)}) {MINUS} γ'·O = {num(theta)} {MINUS} γ'·O")
-    return lines
-
-
-RULE = Rule(optimizer="Muon", text=text, latex=latex, predict=predict, explain=explain, symbols=SYMBOLS, note=NOTE)
+RULE = Rule(
+    optimizer="Muon",
+    lines=LINES,
+    compute=compute,
+    local=local,
+    result="{label}: {param} · (1 − {lr} · {weight_decay}) − γ'·O = {theta!n} − γ'·O",
+    symbols={
+        "lr": "γ",
+        "weight_decay": "λ",
+        "momentum": "μ",
+        "ns_coefficients": "(a, b, c)",
+        "eps": "ε",
+        "ns_steps": "k",
+    },
+    note=(
+        "The Newton–Schulz orthogonalisation mixes the whole matrix (in bfloat16), so explain shows "
+        "the element's momentum and decay arithmetic but not O's value."
+    ),
+)

@@ -1,0 +1,117 @@
+"""Rows -> Arrow columns for one data file: statistics and values per row, the ``values``
+column built in reused float64 memory, and the row groups of a large file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from tracer._schema import COLUMNS, KINDS, SCHEMA, Row
+from tracer._tensors import finish
+
+MAX_LIST_VALUES = 2**31 - 1
+"""A tensor with more elements keeps its statistics only: ``list<float64>`` offsets are int32."""
+
+ROW_GROUP_BYTES = 16 << 20
+"""A file whose rows hold more than this is written in row groups of about this size."""
+_MIN_GROUP_BYTES = 1 << 20
+KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+
+
+def row_groups(rows: Sequence[Row], values: Sequence[np.ndarray | torch.Tensor | None]) -> list[tuple[int, int]]:
+    """Row ranges ``[start, stop)`` of the row groups of a large file.
+
+    The rows of a large file are sorted by kind, then name (training order within a name);
+    a row group never spans two kinds, holds at most about :data:`ROW_GROUP_BYTES` of values,
+    and ends where a name ends once it holds 1 MiB (a large tensor gets groups of its own).
+    The min/max statistics of ``kind``, ``name`` and ``step`` then let a filtered read
+    (``load(path, kind="loss")``, ``name=``, ``step=``) skip the groups it does not need.
+    ``tracer.load`` restores training order.
+    """
+    groups, start, size = [], 0, 0
+    for i, (row, v) in enumerate(zip(rows, values)):
+        if i > start and (
+            row.kind != rows[start].kind
+            or size >= ROW_GROUP_BYTES
+            or (size >= _MIN_GROUP_BYTES and row.name != rows[i - 1].name)
+        ):
+            groups.append((start, i))
+            start, size = i, 0
+        size += 64 + (0 if v is None else 8 * _size(v))  # float64 values + the rest of a row
+    groups.append((start, len(rows)))
+    return groups
+
+
+def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], list[np.ndarray | torch.Tensor | None]]:
+    """Every column but ``values`` as Arrow arrays (in :data:`SCHEMA`), and each row's values
+    to store (see :func:`finish`), for :class:`ValuesBuffer`."""
+    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
+    values: list[np.ndarray | torch.Tensor | None] = []
+    stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
+    for step, seq, kind, name, call, part, module_type, cap, grad_enabled, opt, group, hp in rows:  # a Row
+        stats, vals = finish(cap)
+        cols["step"].append(step)
+        cols["seq"].append(seq)
+        cols["kind"].append(kind)
+        cols["name"].append(name)
+        cols["call"].append(call)
+        cols["part"].append(part)
+        cols["module_type"].append(module_type)
+        cols["shape"].append(cap.shape)
+        cols["dtype"].append(cap.dtype)
+        cols["numel"].append(cap.numel)
+        for key, value in zip(stat_names, stats):
+            cols[key].append(value)
+        cols["rank"].append(rank)
+        cols["grad_enabled"].append(grad_enabled)
+        cols["optimizer"].append(opt)
+        cols["param_group"].append(group)
+        cols["hparams"].append(hp)
+        if vals is not None and _size(vals) >= MAX_LIST_VALUES:
+            vals = None  # a list<float64> cannot hold it: statistics only (README, Limits)
+        values.append(vals)
+    return {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}, values
+
+
+class ValuesBuffer:
+    """The float64 memory behind a row group's ``values`` column, reused for the next one.
+
+    Values are converted straight into it (float32 -> float64 in one torch copy), instead
+    of a float64 copy per tensor, a concatenation, and fresh pages every time: a full
+    capture spends its time encoding Parquet, not allocating. A row group's array is a view
+    of this memory: it must be written before the next ``list_array`` call.
+    """
+
+    def __init__(self) -> None:
+        self._flat = np.empty(0, dtype=np.float64)
+
+    def list_array(self, values: Sequence[np.ndarray | torch.Tensor | None]) -> pa.Array:
+        """``values`` (each under :data:`MAX_LIST_VALUES`, a row group's) as a ``list<float64>`` array."""
+        lengths = np.array([0 if v is None else _size(v) for v in values], dtype=np.int64)
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total > self._flat.size:
+            self._flat = np.empty(max(total, self._flat.size * 5 // 4), dtype=np.float64)
+        flat = self._flat[:total]
+        target = torch.from_numpy(flat)
+        for v, start, stop in zip(values, offsets[:-1].tolist(), offsets[1:].tolist()):
+            if isinstance(v, torch.Tensor):
+                target[start:stop].copy_(v)  # exact: every float16/bfloat16/float32 is a float64
+            elif v is not None:
+                flat[start:stop] = v
+        mask = pa.array([v is None for v in values], type=pa.bool_())
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), mask=mask)
+
+    def shrink(self, max_bytes: int) -> None:
+        """Let go of the memory if one huge tensor made it larger than ``max_bytes``."""
+        if self._flat.nbytes > max_bytes:
+            self._flat = np.empty(0, dtype=np.float64)
+
+
+def _size(v: np.ndarray | torch.Tensor) -> int:
+    return v.numel() if isinstance(v, torch.Tensor) else v.size

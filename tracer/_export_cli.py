@@ -1,0 +1,117 @@
+"""``tracer export tensorboard|wandb``: the subcommands of the ``tracer`` command line.
+
+Each opens the trace once and hands the ``Trace`` to :mod:`tracer.export`.
+
+>>> parser = argparse.ArgumentParser(prog="tracer")
+>>> export = add_export_parser(parser.add_subparsers())
+>>> parser.parse_args(["export", "tensorboard", "traces/run1", "runs/run1"]).logdir
+'runs/run1'
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from tracer._export_series import HISTOGRAM_KINDS
+
+_TENSORBOARD_EPILOG = """\
+examples:
+  tracer export tensorboard traces/run1 runs/run1 && tensorboard --logdir runs
+  tracer export tensorboard traces/run1 runs/run1 --histograms grad --histograms activation
+  tracer export tensorboard traces/run1 runs/run1 --no-histograms
+"""
+
+_WANDB_EPILOG = """\
+examples:
+  tracer export wandb traces/run1                       # offline: no account, no network
+  tracer export wandb traces/run1 --project my-project --dir /tmp/wandb
+  tracer export wandb traces/run1 --mode online --project my-project
+"""
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``tracer export {tensorboard,wandb}`` to the ``tracer`` command line's subcommands.
+
+    Each subcommand's ``func`` takes the parsed arguments and returns the exit code.
+    """
+    export = commands.add_parser(
+        "export",
+        help="write a trace to TensorBoard or Weights & Biases",
+        description="Write a trace's loss, norms, update ratios, learning rates and histograms to a dashboard.",
+        epilog="run 'tracer export tensorboard --help' or 'tracer export wandb --help' for examples",
+    )
+    targets = export.add_subparsers(title="dashboards", metavar="DASHBOARD", required=True)
+
+    tb = targets.add_parser(
+        "tensorboard",
+        help="write TensorBoard event files",
+        description="Write a trace as TensorBoard event files (scalars and histograms).",
+        epilog=_TENSORBOARD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tb.add_argument("path", metavar="PATH", help="the trace directory")
+    tb.add_argument("logdir", metavar="LOGDIR", help="the TensorBoard log directory to write to")
+    _histogram_options(tb)
+    tb.set_defaults(func=cmd_export_tensorboard)
+
+    wb = targets.add_parser(
+        "wandb",
+        help="log to a Weights & Biases run (offline by default)",
+        description="Log a trace to a Weights & Biases run, one log call per step (offline by default).",
+        epilog=_WANDB_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    wb.add_argument("path", metavar="PATH", help="the trace directory")
+    wb.add_argument("--project", default=None, help="the W&B project (default: tracer)")
+    wb.add_argument("--name", default=None, help="the run name (default: the trace directory's name)")
+    wb.add_argument("--mode", choices=["offline", "online"], default="offline", help="default: offline")
+    wb.add_argument("--dir", default=None, help="where wandb writes its files (default: ./wandb)")
+    _histogram_options(wb)
+    wb.set_defaults(func=cmd_export_wandb)
+    return export
+
+
+def _histogram_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--histograms",
+        action="append",
+        metavar="KIND",
+        help=f"export histograms of this kind (repeatable; default: {', '.join(HISTOGRAM_KINDS)})",
+    )
+    parser.add_argument("--no-histograms", action="store_true", help="scalars only")
+
+
+def _histograms_arg(args: argparse.Namespace) -> bool | list[str]:
+    if args.no_histograms:
+        return False
+    return args.histograms or True
+
+
+def cmd_export_tensorboard(args: argparse.Namespace) -> int:
+    """``tracer export tensorboard PATH LOGDIR``."""
+    from tracer._render import escape_text
+    from tracer._trace import Trace
+    from tracer.export import to_tensorboard
+
+    out = to_tensorboard(Trace.open(args.path), args.logdir, histograms=_histograms_arg(args))
+    shown = escape_text(str(out))
+    print(f"wrote TensorBoard events to {shown} (view: tensorboard --logdir {shown})")
+    return 0
+
+
+def cmd_export_wandb(args: argparse.Namespace) -> int:
+    """``tracer export wandb PATH``."""
+    from tracer._render import escape_text
+    from tracer._trace import Trace
+    from tracer.export import to_wandb
+
+    run_dir = to_wandb(
+        Trace.open(args.path), project=args.project, name=args.name, mode=args.mode, dir=args.dir,
+        histograms=_histograms_arg(args),
+    )  # fmt: skip
+    shown = escape_text(str(run_dir))
+    if args.mode == "offline":
+        print(f"wrote offline W&B run to {shown} (upload: wandb sync {shown})")
+    else:
+        print(f"logged W&B run {escape_text(run_dir.name)}")
+    return 0
