@@ -284,7 +284,7 @@ def test_load_errors_name_the_problem(tmp_path, reference_trace):
     (reference_trace / "_tracer.json").write_text(json.dumps(meta))
     with pytest.raises(tracer.TraceFormatError, match="schema v99, newer than this tracer reads"):
         tracer.load(reference_trace)
-    with pytest.raises(TypeError, match="trace must be a path or a tracer.Run"):
+    with pytest.raises(TypeError, match="a trace is a path, a tracer.Run"):
         tracer.load(3)
 
 

@@ -26,8 +26,8 @@ import torch
 from tracer import rules
 from tracer._check_tolerance import Tolerance
 from tracer._checks_stacked import MIN_STACK, predict_stacked, stack_key
-from tracer._reader import is_complex, parse_hparams
 from tracer._replay import find_class, replay
+from tracer._row_checks import is_complex, parse_hparams
 from tracer._trace import UPDATE_KINDS, NameFilter, StepFilter, Trace, TraceLike, filter_frame
 
 __all__ = ["Tolerance", "UpdateCheck", "build_checks", "check_updates"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,21 +14,11 @@ from tracer._reader import read_trace
 if TYPE_CHECKING:
     import pandas
 
-
-def trace_path(trace: Any) -> Path:
-    """The directory of ``trace``: a path, or a ``tracer.Run``."""
-    if isinstance(trace, (str, os.PathLike)):
-        return Path(trace)
-    path = getattr(trace, "path", None)
-    if isinstance(path, Path):
-        if hasattr(trace, "flush"):
-            trace.flush()
-        return path
-    raise TypeError(f"trace must be a path or a tracer.Run (got {type(trace).__name__})")
+    from tracer._trace import TraceLike
 
 
 def load(
-    trace: str | os.PathLike[str] | Any,
+    trace: TraceLike,
     *,
     kind: str | Iterable[str] | None = None,
     name: str | Iterable[str] | None = None,
@@ -48,7 +37,8 @@ def load(
         grads.set_index("name")["norm"]
 
     Args:
-        trace: the trace directory, or the ``run`` from ``tracer.trace``.
+        trace: the trace directory, or the ``run`` from ``tracer.trace`` (flushed first),
+            or a ``tracer.Trace`` (a DataFrame is filtered in memory, the same way).
         kind: one kind or a list of kinds (``"grad"``, ``["param", "update"]``).
         name: module/parameter name(s); glob patterns (``"fc*.weight"``) are allowed.
         step: a step, a list/range of steps, or a slice (``slice(10, 20)``).
@@ -58,10 +48,21 @@ def load(
     Raises:
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
     """
-    from tracer._trace import check_kinds
+    from tracer._trace import Trace
 
-    check_kinds(kind)  # an unknown kind is an error, not an empty frame
-    path = trace_path(trace)
+    return Trace.open(trace).rows(kind=kind, name=name, step=step, columns=columns, errors=errors)
+
+
+def read_frame(
+    path: Path,
+    *,
+    kind: str | Iterable[str] | None = None,
+    name: str | Iterable[str] | None = None,
+    step: int | Iterable[int] | slice | None = None,
+    columns: Sequence[str] | None = None,
+    errors: str = "raise",
+) -> pandas.DataFrame:
+    """The rows of the trace directory ``path`` that match, as :func:`load` returns them."""
     read = read_trace(path, kind=kind, name=name, step=step, columns=columns, errors=errors)
     return to_frame(read.table, read.order, read.complex_rows)
 

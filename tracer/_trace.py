@@ -198,9 +198,9 @@ class Trace:
                 )
             path = run_path
             trace.flush()
-        from tracer._reader import check_trace_dir, read_meta
+        from tracer._reader import check_trace_root, read_meta
 
-        check_trace_dir(path)
+        check_trace_root(path)  # each data file is checked when it is read
         return cls(path=path, frame=None, meta=TraceMeta.parse(read_meta(path)))
 
     def __repr__(self) -> str:
@@ -229,10 +229,10 @@ class Trace:
         """
         check_kinds(kind)
         if self._frame is None:
-            from tracer._load import load
+            from tracer._load import read_frame
 
             assert self.path is not None
-            return load(self.path, kind=kind, name=name, step=step, columns=columns, errors=errors)
+            return read_frame(self.path, kind=kind, name=name, step=step, columns=columns, errors=errors)
         return filter_frame(self._frame, kind=kind, name=name, step=step, columns=columns)
 
     @property

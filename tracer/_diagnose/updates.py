@@ -136,7 +136,7 @@ def changes_without_grad(trace: Trace, t: Thresholds) -> list[Finding]:
 def _lr(hparams: Any) -> float | None:
     if not isinstance(hparams, str):
         return None
-    from tracer._reader import parse_hparams
+    from tracer._row_checks import parse_hparams
 
     try:
         lr = parse_hparams(hparams, "hparams").get("lr")
