@@ -20,7 +20,8 @@ from typing import Any
 import _common as c
 import torch
 
-from tracer._tensors import _stats, capture
+from tracer._stats import _stats
+from tracer._tensors import capture
 
 
 def bench(fn: Callable[[], Any], n: int) -> tuple[float, float]:

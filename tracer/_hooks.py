@@ -30,7 +30,8 @@ from tracer._optimizer_steps import OptimizerSteps, _Inflight
 from tracer._plain_steps import PlainSteps, _PlainStep
 from tracer._schema import Row, Sink
 from tracer._selection import ModuleInfo, ParamInfo
-from tracer._tensors import Captured, CopyPool, capture, walk
+from tracer._tensors import Captured, CopyPool, capture
+from tracer._walk import walk
 
 _PRUNE_HANDLES = 4096  # prune dead tensor-hook handles once this many more are held
 

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tracer._errors import TraceWriteError
-from tracer._tensors import Captured, adopt, walk
+from tracer._tensors import Captured, adopt
+from tracer._walk import walk
 
 if TYPE_CHECKING:
     from tracer._plain_steps import _PlainStep

@@ -14,7 +14,7 @@ import torch
 
 from tracer import _destination, _dispatch, _hooks
 from tracer._directory import check_destination, prepare_directory, write_json_atomic
-from tracer._errors import TraceWriteError
+from tracer._errors import TraceWriteError, write_error
 from tracer._metadata import trace_metadata
 from tracer._options import (
     ALL,
@@ -183,7 +183,7 @@ class Run:
                 self._state = "failed"
                 if isinstance(exc, FileExistsError):
                     raise
-                raise _write_error(self.path, exc) from exc
+                raise write_error(self.path, exc) from exc
             self._state = "failed"
             warnings.warn(
                 f"tracer could not start a trace in {str(self.path)!r} ({exc}); training goes on untraced",
@@ -238,7 +238,7 @@ class Run:
             except OSError as exc:
                 error = exc
         if error is not None and exc_type is None and self._on_error == "raise":
-            raise _write_error(self.path, error) from error
+            raise write_error(self.path, error) from error
         said = recorder.stopped or (exc_type is not None and issubclass(exc_type, TraceWriteError))
         if error is not None and not said:  # (stopped or raised: the user was told already)
             lost = "" if exc_type is None else f" (while {exc_type.__name__} propagated)"
@@ -392,10 +392,3 @@ class Run:
                 "exclude": self._exclude,
             },
         )
-
-
-def _write_error(path: Path, error: BaseException) -> TraceWriteError:
-    return TraceWriteError(
-        f"tracer could not write to {str(path)!r}: {error}; free space or choose another path "
-        "(on_error='warn' lets training go on untraced)"
-    )

@@ -1,4 +1,4 @@
-"""Tensor -> row payload: statistics, flattened values, and walking nested structures.
+"""Tensor -> row payload: statistics or a flattened copy (walking structures: :mod:`tracer._walk`).
 
 The training thread calls :func:`capture`, which does only what cannot wait: a copy of a
 small tensor (it may change in place later) or the statistics of a large one. The writer
@@ -10,39 +10,13 @@ random numbers; where nothing honest can be recorded it raises :class:`Unreadabl
 schema has no layout column: a sparse or nested tensor shows up as the dense or
 concatenated tensor described here.
 
-- **Strided real tensors** (floating point, float8, integer, bool; views of any strides,
-  ``requires_grad`` or not, inference-mode tensors): ``shape``, ``dtype``, ``numel``; values
-  as float64 (exact), except an integer beyond 2**53, which keeps statistics only.
-- **Complex** (``complex64``, ``complex128``; ``complex32`` is read as complex64):
-  ``shape`` and ``numel`` count complex elements (so does ``max_values``); ``values`` are
-  the real and imaginary parts interleaved, ``[re0, im0, re1, im1, ...]`` (2·numel
-  floats); statistics are of |z| (``norm`` is the complex L2 norm) and ``nonfinite``
-  counts elements with a NaN or Inf part.
-- **Quantized** (``qint8``, ``quint8``, ``qint32``, ``quint4x2``, ``quint2x4``; per tensor
-  or per channel): ``dtype`` is the quantized dtype; values and statistics are those of
-  ``dequantize()`` (the float32 numbers the tensor stands for).
-- **Sparse** (COO, CSR, CSC, BSR, BSC, hybrid too): ``shape`` and ``numel`` of the dense
-  tensor, ``dtype`` of its entries. With ``numel <= max_values`` the values are the dense
-  tensor's (``to_dense()``, zeros included); otherwise statistics of the dense tensor, computed
-  from the stored entries and the number of implicit zeros, without densifying it.
-- **Nested** (``torch.nested``, strided or jagged layout; what ``nn.TransformerEncoder``'s
-  fast path passes between its layers): the components concatenated along their first
-  dimension, in order. ``shape`` is ``(n_0 + n_1 + ..., *rest)`` when the components agree
-  past their first dimension (``(total tokens, features)`` for the encoder), else
-  ``(numel_0 + numel_1 + ...,)`` (each component flattened); ``numel`` is the total count.
-- **Meta**: ``shape``, ``dtype`` and ``numel``; statistics and values null.
-- **torch.func transforms**: inside ``grad``/``vjp``/``jacrev``/``functionalize`` a tensor
-  is recorded as the tensor it wraps (same shape and values); inside ``vmap`` as the whole
-  batch: one batch dimension per ``vmap`` first (outermost first), then the per-example
-  shape. A ``vmap`` tensor that escaped its ``vmap`` is recorded the same way.
-- **Tensor subclasses**: one that only overrides ``__torch_function__`` is recorded as its
-  plain tensor; a nested jagged tensor as above. ``FakeTensor`` (``torch.compile`` or
-  ``FakeTensorMode`` tracing) has no values: :class:`Unreadable`. Any other subclass with its
-  own ``__torch_dispatch__`` (``DTensor``, torchao tensors, ...): :class:`Unreadable` (pass
-  its plain tensor, e.g. ``DTensor.to_local()``, instead).
-- **Raw-bit dtypes** (``bits8``, ``bits16``, ``bits1x8``..., ``uint1``-``uint7``,
-  ``int1``-``int7``, ``float4_e2m1fn_x2``): torch has no arithmetic or conversion for them:
-  :class:`Unreadable`.
+Strided real tensors keep float64 values (exact; an integer beyond 2**53 keeps statistics
+only); complex ones interleave real and imaginary parts, statistics of |z|; quantized ones
+are recorded dequantized; sparse ones as their dense tensor (statistics from the stored
+entries when large); nested ones as their components concatenated; ``FakeTensor``,
+``__torch_dispatch__`` subclasses and raw-bit dtypes are :class:`Unreadable`. The rule for
+each kind is in the README ("What a row holds for each kind of tensor") and tested in
+``tests/test_tensors.py``.
 
 Active ``TorchDispatchMode``s (``FakeTensorMode``, ``FlopCounterMode``, ...) and functorch
 transforms are switched off while a tensor is read: tracer's own work is not counted,
@@ -52,16 +26,16 @@ faked or transformed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
+
+from tracer._stats import _cpu_stats, _numpy_stats, _stats, _with_zeros
 
 _EXACT_INT = 2**53  # float64 holds every integer up to this magnitude exactly
 _ROW_OVERHEAD = 256  # rough bytes a row costs besides its values (queue accounting)
@@ -372,86 +346,6 @@ def _sparse(t: torch.Tensor, max_values: int | None, pool: CopyPool | None) -> C
     return Captured(shape, dtype, numel, _with_zeros(stored, numel), None, _ROW_OVERHEAD)
 
 
-def _with_zeros(stored: torch.Tensor, numel: int) -> torch.Tensor:
-    """Statistics of ``numel`` elements: the ``stored`` ones and zeros for the rest."""
-    m = stored.numel()
-    zeros = numel - m
-    if m == 0:
-        return torch.zeros(6, dtype=torch.float64)
-    stats = _stats(stored)
-    if zeros <= 0:
-        return stats
-    mean_s, std_s, lo, hi, norm, nonfinite = stats.tolist()
-    mean = mean_s * (m / numel)
-    # the variances of the two groups combined (no cancellation: each term is >= 0)
-    var = (m * (std_s * std_s + (mean_s - mean) ** 2) + zeros * mean * mean) / numel
-    lo, hi = min(lo, 0.0), max(hi, 0.0)  # a NaN stays NaN: it comes first
-    std = math.sqrt(var) if var >= 0 else math.nan
-    return torch.tensor([mean, std, lo, hi, norm, nonfinite], dtype=torch.float64)
-
-
-def _stats(t: torch.Tensor) -> torch.Tensor:
-    """Statistics of a non-empty tensor, computed where it lives, as float64 [6]; of |z| for
-    a complex one, with ``nonfinite`` the elements that have a NaN or Inf part."""
-    if t.is_complex():
-        stats = _stats(t.abs())
-        nonfinite = torch.isfinite(t).logical_not_().sum()  # |z| overflows for some finite z
-        return torch.cat([stats[:5], nonfinite.to(device="cpu", dtype=torch.float64).reshape(1)])
-    if t.dtype not in (torch.float32, torch.float64):
-        t = t.to(torch.float64 if not t.is_floating_point() else torch.float32)
-    if t.is_cpu:
-        return _cpu_stats(t.reshape(-1))
-    var, mean = torch.var_mean(t, correction=0)  # on an accelerator: no sync, one kernel
-    lo, hi = torch.aminmax(t)
-    nonfinite = torch.isfinite(t).logical_not_().sum()
-    norm = torch.linalg.vector_norm(t)
-    return torch.stack([mean, var.sqrt(), lo, hi, norm, nonfinite.to(t.dtype)]).to(torch.float64).cpu()
-
-
-_BLOCK = 2048
-
-
-def _cpu_stats(t: torch.Tensor) -> torch.Tensor:
-    """``[mean, std, min, max, norm, nonfinite]`` from vectorised reductions.
-
-    On CPU ``torch.var_mean`` (Welford, element by element) is ~15× slower than ``aminmax``,
-    ``sum`` and ``vector_norm``; std = sqrt(E[x²] − mean²) instead, with a shifted second
-    pass only where the mean dominates (cancellation).
-    """
-    n = t.numel()
-    lo, hi = torch.aminmax(t)
-    total, norm = _blocked(t)
-    lo_, hi_, total_, norm_ = lo.item(), hi.item(), total.item(), norm.item()
-    if not (math.isfinite(lo_) and math.isfinite(hi_) and math.isfinite(norm_)):
-        nonfinite = int(torch.isfinite(t).logical_not_().sum())
-        return torch.tensor([total_ / n, math.nan, lo_, hi_, norm_, nonfinite], dtype=torch.float64)
-    mean = total_ / n
-    mean_square = norm_ * norm_ / n
-    var = mean_square - mean * mean
-    if var <= 1e-3 * mean_square:
-        s, q = _blocked(t - t.new_tensor(mean))
-        var = q.item() ** 2 / n - (s.item() / n) ** 2
-    return torch.tensor([mean, math.sqrt(max(var, 0.0)), lo_, hi_, norm_, 0.0], dtype=torch.float64)
-
-
-def _blocked(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and L2 norm of a flat tensor in float64, at float32 speed: float32 partial
-    results over blocks of 2048, combined in float64."""
-    n = t.numel()
-    m = n // _BLOCK * _BLOCK
-    sums, norms = [], []
-    if m:
-        blocks = t[:m].view(-1, _BLOCK)
-        sums.append(blocks.sum(1, dtype=t.dtype).double())
-        norms.append(torch.linalg.vector_norm(blocks, dim=1).double())
-    if m < n:
-        sums.append(t[m:].sum(dtype=torch.float64).reshape(1))
-        norms.append(torch.linalg.vector_norm(t[m:]).double().reshape(1))
-    total = sums[0].sum() if len(sums) == 1 else torch.cat(sums).sum()
-    norm = torch.linalg.vector_norm(norms[0] if len(norms) == 1 else torch.cat(norms))
-    return total, norm
-
-
 def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Tensor | None]:
     """Writer side: ``(mean, std, min, max, norm, nonfinite)`` and the values to store, or None.
 
@@ -490,46 +384,3 @@ def _finish_complex(v: torch.Tensor, keep: bool) -> tuple[tuple[float | None, ..
         stats = _numpy_stats(np.abs(z))  # |z| in float64: exact to rounding (hypot)
         nonfinite = int(z.size - np.count_nonzero(np.isfinite(z)))  # a NaN or Inf part
     return (*stats[:5], nonfinite), z.view(np.float64) if keep else None
-
-
-def _numpy_stats(arr: np.ndarray) -> tuple[float | None, ...]:
-    if arr.size == 0:
-        return (None, None, None, None, 0.0, 0)
-    with np.errstate(all="ignore"):
-        finite = np.isfinite(arr)
-        nonfinite = int(arr.size - np.count_nonzero(finite))
-        return (
-            float(arr.mean()),
-            float(arr.std()),
-            float(arr.min()),
-            float(arr.max()),
-            float(np.sqrt(np.dot(arr, arr))),
-            nonfinite,
-        )
-
-
-def walk(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(part, tensor)`` for every tensor inside ``obj``; other leaves are skipped.
-
-    Parts are dotted paths: list/tuple index, namedtuple field, dict key, dataclass field.
-
-    >>> [p for p, _ in walk((torch.ones(1), (torch.ones(1), torch.ones(1))))]
-    ['0', '1.0', '1.1']
-    """
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-        return
-    if depth >= _MAX_DEPTH:
-        return
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        items: Any = zip(obj._fields, obj)
-    elif isinstance(obj, (list, tuple)):
-        items = enumerate(obj)
-    elif isinstance(obj, dict):
-        items = obj.items()
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        items = ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    else:
-        return
-    for key, value in items:
-        yield from walk(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)

@@ -1,0 +1,39 @@
+"""Walking the nested structures modules take and return (tuples, lists, dicts,
+namedtuples, dataclasses) to the tensors inside, each with its dotted ``part``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+_MAX_DEPTH = 16
+
+
+def walk(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(part, tensor)`` for every tensor inside ``obj``; other leaves are skipped.
+
+    Parts are dotted paths: list/tuple index, namedtuple field, dict key, dataclass field.
+
+    >>> [p for p, _ in walk((torch.ones(1), (torch.ones(1), torch.ones(1))))]
+    ['0', '1.0', '1.1']
+    """
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+        return
+    if depth >= _MAX_DEPTH:
+        return
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        items: Any = zip(obj._fields, obj)
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    elif isinstance(obj, dict):
+        items = obj.items()
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items = ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    else:
+        return
+    for key, value in items:
+        yield from walk(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
