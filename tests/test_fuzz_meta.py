@@ -63,6 +63,8 @@ OPTIONS = {
     "every": _is_int,
     "include": lambda v: v is None or _strings(v),
     "exclude": lambda v: v is None or _strings(v),
+    "verify": lambda v: isinstance(v, bool),
+    "capture_ops": lambda v: isinstance(v, bool),
 }
 
 # a key of the metadata (as a path into it) -> what it may hold
@@ -135,7 +137,7 @@ def _case(edit, says, id):
     "edit, says",
     [
         _case(
-            lambda t: t.replace('"schema_version": 1', '"schema_version": 1e999'),
+            lambda t: t.replace(f'"schema_version": {tracer.SCHEMA_VERSION}', '"schema_version": 1e999'),
             "schema_version must be an integer",
             "1e999",
         ),

@@ -40,9 +40,12 @@ def test_reference_example_columns_and_types(reference_trace):
     expected = [
         "step", "seq", "kind", "name", "call", "part", "module_type", "shape", "dtype", "numel",
         "mean", "std", "min", "max", "norm", "nonfinite", "values", "rank", "grad_enabled",
-        "optimizer", "param_group", "hparams",
+        "optimizer", "param_group", "hparams", "rule_error", "rule_matches", "global_shape",
+        "shard_offset", "placements",
     ]  # fmt: skip
     assert expected == list(df.columns)
+    for column in ("rule_error", "rule_matches", "global_shape", "shard_offset", "placements"):
+        assert df[column].isna().all(), column  # no verify, no sharding
     for column in ("step", "seq", "call", "numel", "rank"):
         assert "int64" == str(df[column].dtype), column
     assert {0} == set(df.step)

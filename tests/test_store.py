@@ -45,7 +45,7 @@ def test_layout_only_finished_files_end_in_parquet(reference_trace):
               "optimizer": 0, "param_group": 0}  # fmt: skip
     assert weight == meta["parameters"][0]
     schema = pq.read_schema(next(reference_trace.glob("*.parquet")))
-    assert b"1" == schema.metadata[b"tracer.schema_version"]
+    assert str(tracer.SCHEMA_VERSION).encode() == schema.metadata[b"tracer.schema_version"]
 
 
 def test_existing_trace_is_refused_without_overwrite(reference_trace):
@@ -537,3 +537,22 @@ def test_sigkill_mid_run_leaves_a_loadable_trace(tmp_path):
     df = tracer.load(path)
     assert df.step.max() >= last - 1  # at most ~flush_seconds of steps lost
     assert {"input", "activation", "loss", "grad", "param", "update"} <= set(df.kind)
+
+
+def test_a_schema_version_1_file_reads_with_the_later_columns_null(reference_trace, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from tracer._schema import V1_COLUMNS
+
+    old = tmp_path / "v1"
+    shutil.copytree(reference_trace, old)
+    for file in old.glob("*.parquet"):
+        table = pq.read_table(file).select(list(V1_COLUMNS))
+        pq.write_table(table.replace_schema_metadata({b"tracer.schema_version": b"1"}), file)
+    df = tracer.load(old)
+    new = tracer.load(reference_trace)
+    assert list(new.columns) == list(df.columns)
+    assert df["rule_error"].isna().all() and df["placements"].isna().all()
+    assert new["values"].map(list).tolist() == df["values"].map(list).tolist()

@@ -52,25 +52,31 @@ def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], li
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
     values: list[np.ndarray | torch.Tensor | None] = []
     stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
-    for step, seq, kind, name, call, part, module_type, cap, grad_enabled, opt, group, hp in rows:  # a Row
+    for row in rows:
+        cap = row.captured
         stats, vals = finish(cap)
-        cols["step"].append(step)
-        cols["seq"].append(seq)
-        cols["kind"].append(kind)
-        cols["name"].append(name)
-        cols["call"].append(call)
-        cols["part"].append(part)
-        cols["module_type"].append(module_type)
+        cols["step"].append(row.step)
+        cols["seq"].append(row.seq)
+        cols["kind"].append(row.kind)
+        cols["name"].append(row.name)
+        cols["call"].append(row.call)
+        cols["part"].append(row.part)
+        cols["module_type"].append(row.module_type)
         cols["shape"].append(cap.shape)
         cols["dtype"].append(cap.dtype)
         cols["numel"].append(cap.numel)
         for key, value in zip(stat_names, stats):
             cols[key].append(value)
         cols["rank"].append(rank)
-        cols["grad_enabled"].append(grad_enabled)
-        cols["optimizer"].append(opt)
-        cols["param_group"].append(group)
-        cols["hparams"].append(hp)
+        cols["grad_enabled"].append(row.grad_enabled)
+        cols["optimizer"].append(row.optimizer)
+        cols["param_group"].append(row.param_group)
+        cols["hparams"].append(row.hparams)
+        cols["rule_error"].append(row.rule_error)
+        cols["rule_matches"].append(row.rule_matches)
+        cols["global_shape"].append(row.global_shape)
+        cols["shard_offset"].append(row.shard_offset)
+        cols["placements"].append(row.placements)
         if vals is not None and _size(vals) >= MAX_LIST_VALUES:
             vals = None  # a list<float64> cannot hold it: statistics only (README, Limits)
         values.append(vals)

@@ -59,6 +59,8 @@ class Recorder(OptimizerSteps, PlainSteps):
         optimizers: list[torch.optim.Optimizer],
         select: Callable[[str], bool] = lambda name: True,
         on_error: str = "raise",
+        verify: bool = False,
+        capture_ops: bool = False,
     ) -> None:
         self.writer = writer
         self.kinds = kinds
@@ -70,6 +72,8 @@ class Recorder(OptimizerSteps, PlainSteps):
         self.adopted: list[bool] = [False] * len(optimizers)
         self.select = select
         self.on_error = on_error
+        self.verify = verify  # check each update against its rule here (see _optimizer_steps)
+        self.capture_ops = capture_ops  # record tensor operations inside forwards (kind "op")
         self.stopped = False  # on_error="warn" after a write failure: record nothing more
         self.paused = False  # run.pause(): record nothing, count steps
         self.step = 0

@@ -9,7 +9,6 @@ one noun, its jobs in two files.
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 import threading
 import weakref
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tracer._errors import TraceWriteError
+from tracer._hparams import hparams_json
 from tracer._tensors import Captured, adopt
 from tracer._walk import walk
 
@@ -353,20 +353,3 @@ def _as_tensor(value: Any) -> Any:
     if isinstance(value, (bool, int)):
         return torch.tensor(value)
     return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
-
-
-def hparams_json(group: dict[str, Any]) -> str:
-    """A param group's hyper-parameters (everything but ``params``) as JSON text."""
-    return json.dumps({k: _jsonable(v) for k, v in group.items() if k != "params"}, sort_keys=True)

@@ -35,6 +35,8 @@ def check_options(
     overwrite: Any = False,
     flush_seconds: Any = 1.0,
     on_error: Any = "raise",
+    verify: Any = False,
+    capture_ops: Any = False,
 ) -> dict[str, Any]:
     """``tracer.trace``'s keyword arguments checked, as ``Run`` takes them (no model needed)."""
     kinds = _check_capture(capture)
@@ -48,6 +50,9 @@ def check_options(
         raise TypeError(f"overwrite must be True or False (got {overwrite!r})")
     if isinstance(flush_seconds, bool) or not isinstance(flush_seconds, (int, float)) or not flush_seconds > 0:
         raise ValueError(f"flush_seconds must be a number > 0 (got {flush_seconds!r})")
+    for flag, value in (("verify", verify), ("capture_ops", capture_ops)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False (got {value!r})")
     if on_error not in ("raise", "warn"):
         raise ValueError(f"on_error must be 'raise' or 'warn' (got {on_error!r})")
     if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -55,7 +60,7 @@ def check_options(
     return dict(
         path=None if path is None else Path(path), kinds=kinds, max_values=max_values, every=every,
         include=include_patterns, exclude=exclude_patterns, overwrite=overwrite,
-        flush_seconds=float(flush_seconds), on_error=on_error,
+        flush_seconds=float(flush_seconds), on_error=on_error, verify=verify, capture_ops=capture_ops,
     )  # fmt: skip
 
 

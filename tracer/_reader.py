@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from tracer._errors import TraceFormatError
 from tracer._row_checks import _COMPLEX, _checked_with, _parse_json, _type_name, row_problem
-from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION
+from tracer._schema import COLUMNS, META_FILE, SCHEMA, SCHEMA_VERSION, V1_COLUMNS
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -81,6 +81,8 @@ _META_SPEC: dict[str, Any] = {
         "every": int,
         "include": _OPTIONAL_STRINGS,
         "exclude": _OPTIONAL_STRINGS,
+        "verify": bool,
+        "capture_ops": bool,
     },
     "golden": (dict, None),
 }
@@ -217,7 +219,7 @@ def _check_file(file: Path) -> None:
     if version is None:
         raise TraceFormatError(f"{_quoted(file)} is not a tracer data file (no schema version)")
     _check_version(version.decode("utf-8", errors="replace"), file)
-    missing = [f.name for f in SCHEMA if f.name not in schema.names]
+    missing = [name for name in V1_COLUMNS if name not in schema.names]  # later columns read as null
     if missing:
         raise TraceFormatError(f"{_quoted(file)} lacks trace columns {missing}")
 

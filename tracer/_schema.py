@@ -11,12 +11,26 @@ if TYPE_CHECKING:
 
     from tracer._tensors import Captured
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a column is added, removed or changes meaning."""
+SCHEMA_VERSION = 2
+"""Bumped whenever a column is added, removed or changes meaning. Version 2 added
+``rule_error``, ``rule_matches``, ``global_shape``, ``shard_offset`` and ``placements``;
+version-1 files are read with those columns null."""
 
-KINDS = ("input", "activation", "activation_grad", "loss", "grad", "param", "update", "state", "skipped")
+V1_COLUMNS = (
+    "step", "seq", "kind", "name", "call", "part", "module_type", "shape", "dtype", "numel", "mean",
+    "std", "min", "max", "norm", "nonfinite", "values", "rank", "grad_enabled", "optimizer",
+    "param_group", "hparams",
+)  # fmt: skip
+"""The columns every data file has (schema version 1)."""
+
+KINDS = (
+    "input", "activation", "op", "activation_grad", "loss", "grad", "param", "update", "state",
+    "buffer", "skipped", "metric",
+)  # fmt: skip
 """Every kind of row, in the order they happen within a step. ``skipped`` marks an
-optimizer step that a GradScaler skipped (inf/NaN gradients): no update happened."""
+optimizer step that a GradScaler skipped (inf/NaN gradients): no update happened.
+``op`` is the output of a tensor operation inside a module's forward (``capture_ops=True``),
+``buffer`` a registered buffer after the step, ``metric`` a user scalar from ``run.log``."""
 
 META_FILE = "_tracer.json"
 """Marks a directory as a trace; starts with ``_`` so Parquet readers skip it."""
@@ -45,6 +59,11 @@ SCHEMA = pa.schema(
         pa.field("optimizer", pa.string()),
         pa.field("param_group", pa.int64()),
         pa.field("hparams", pa.string()),
+        pa.field("rule_error", pa.float64()),
+        pa.field("rule_matches", pa.bool_()),
+        pa.field("global_shape", pa.list_(pa.int64())),
+        pa.field("shard_offset", pa.list_(pa.int64())),
+        pa.field("placements", pa.string()),
     ],
     metadata={"tracer.schema_version": str(SCHEMA_VERSION)},
 )
@@ -71,6 +90,11 @@ class Row(NamedTuple):
     optimizer: str | None = None
     param_group: int | None = None
     hparams: str | None = None
+    rule_error: float | None = None
+    rule_matches: bool | None = None
+    global_shape: tuple[int, ...] | None = None
+    shard_offset: tuple[int, ...] | None = None
+    placements: str | None = None
 
 
 class Sink(Protocol):

@@ -50,6 +50,8 @@ def trace(
     overwrite: bool = False,
     flush_seconds: float = 1.0,
     on_error: str = "raise",
+    verify: bool = False,
+    capture_ops: bool = False,
 ) -> Run:
     """Trace a training loop into a Parquet dataset at ``path``.
 
@@ -80,6 +82,10 @@ def trace(
         on_error: when the trace cannot be written (disk full, directory removed):
             ``"raise"`` a ``TraceWriteError`` at the next step boundary, or ``"warn"`` once
             and stop tracing while training goes on.
+        verify: check every update against its optimizer's rule in the training process
+            (columns ``rule_error`` and ``rule_matches``), whatever the tensor's size.
+        capture_ops: also record the outputs of tensor operations called inside each
+            module's forward (kind ``op``).
 
     Raises:
         TypeError: ``model`` is not a module or ``optimizer`` not an optimizer.
@@ -92,6 +98,7 @@ def trace(
     options = check_options(
         path=path, capture=capture, max_values=max_values, every=every, include=include,
         exclude=exclude, overwrite=overwrite, flush_seconds=flush_seconds, on_error=on_error,
+        verify=verify, capture_ops=capture_ops,
     )  # fmt: skip
     root = unwrap(model)
     _refuse_sharded(root)
@@ -126,12 +133,16 @@ class Run:
         overwrite: bool,
         flush_seconds: float,
         on_error: str = "raise",
+        verify: bool = False,
+        capture_ops: bool = False,
     ) -> None:
         self._rank = _destination.rank()
         if path is None:  # every rank traces into the directory rank 0 names
             path = Path(_destination.on_rank_zero("name", None, lambda _: str(_default_path(model))))
         self.path = path
         self._on_error = on_error
+        self._verify = verify
+        self._capture_ops = capture_ops
         self._model = model
         self._optimizers = optimizers
         self._kinds = kinds
@@ -203,6 +214,8 @@ class Run:
                 optimizers=self._optimizers,
                 select=self._selected,
                 on_error=self._on_error,
+                verify=self._verify,
+                capture_ops=self._capture_ops,
             )
             _traced_modules.add(self._model)
             self._state = "running"
@@ -390,5 +403,7 @@ class Run:
                 "every": self._every,
                 "include": self._include,
                 "exclude": self._exclude,
+                "verify": self._verify,
+                "capture_ops": self._capture_ops,
             },
         )

@@ -79,6 +79,8 @@ class TraceOptions:
     every: int = 1
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    verify: bool = False
+    capture_ops: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +130,8 @@ class TraceMeta:
                 every=options.get("every", 1),
                 include=None if options.get("include") is None else tuple(options["include"]),
                 exclude=tuple(options.get("exclude") or ()),
+                verify=bool(options.get("verify", False)),
+                capture_ops=bool(options.get("capture_ops", False)),
             ),
             files=tuple(raw.get("files", ())),
             golden=raw.get("golden"),
