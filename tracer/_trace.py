@@ -18,11 +18,13 @@ import dataclasses
 import fnmatch
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from tracer._schema import COLUMNS, KINDS
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,6 +168,7 @@ class Trace:
         self._frame = frame
         self._stats: pd.DataFrame | None = None
         self._updates: pd.DataFrame | None = None
+        self._memo: dict[Hashable, Any] = {}
 
     @classmethod
     def open(cls, trace: TraceLike) -> Trace:
@@ -253,6 +256,16 @@ class Trace:
         if self._updates is None:
             self._updates = self.rows(kind=UPDATE_KINDS)
         return self._updates
+
+    def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """``compute()``, once per Trace and ``key``: results that several readers share
+        (the update checks that the report and ``diagnose`` both need) are made once.
+
+        >>> trace.memo(("checks", tolerance), lambda: check_updates(trace, tolerance))  # doctest: +SKIP
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @property
     def steps(self) -> list[int]:
