@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,11 +47,24 @@ def load(
         errors: ``"raise"`` (default) on a corrupt data file, or ``"skip"`` it with a warning.
 
     Raises:
+        ValueError: an unknown kind (the message lists the kinds).
         TraceFormatError: the path is missing, not a trace, or holds a corrupt file.
+
+    Warns:
+        UserWarning: ``name`` or ``step`` matched no row; the warning names the closest
+            names and the steps the trace has.
     """
     from tracer._trace import Trace
 
-    return Trace.open(trace).rows(kind=kind, name=name, step=step, columns=columns, errors=errors)
+    opened = Trace.open(trace)
+    rows = opened.rows(kind=kind, name=name, step=step, columns=columns, errors=errors)
+    if rows.empty and (name is not None or step is not None):
+        from tracer._no_match import why_empty
+
+        why = why_empty(opened, kind=kind, name=name, step=step)
+        if why is not None:
+            warnings.warn(f"tracer.load: {why}", UserWarning, stacklevel=2)
+    return rows
 
 
 def read_frame(

@@ -188,7 +188,7 @@ def check_trace_dir(path: Path, errors: str = "raise") -> list[Path]:
     good = []
     for file in files:
         try:
-            _check_file(file)
+            _check_file_once(file)
         except TraceFormatError as exc:
             _skip_or_raise(exc, errors)
             continue
@@ -200,6 +200,26 @@ def _skip_or_raise(exc: TraceFormatError, errors: str) -> None:
     if errors == "raise":
         raise exc
     warnings.warn(f"skipped {exc}", RuntimeWarning, stacklevel=5)
+
+
+_CHECKED_FILES: dict[Path, tuple[int, int]] = {}
+"""Data files whose footer was checked, with the (mtime, size) they had: a data file never
+changes once renamed into place, so a Trace that reads many times checks each once."""
+
+
+def _check_file_once(file: Path) -> None:
+    try:
+        stat = file.stat()
+    except OSError:
+        stat = None
+    key = None if stat is None else (stat.st_mtime_ns, stat.st_size)
+    if key is not None and _CHECKED_FILES.get(file) == key:
+        return
+    _check_file(file)
+    if key is not None:
+        if len(_CHECKED_FILES) > 100_000:
+            _CHECKED_FILES.clear()
+        _CHECKED_FILES[file] = key
 
 
 def _check_file(file: Path) -> None:
