@@ -6,7 +6,8 @@ Layout of a trace directory::
 
     _tracer.json                               metadata (never ends in .parquet)
     part-<rank>-<session>-<index>.parquet      finished data files, one per flush
-    .part-<rank>-<session>-<index>.tmp         a file being written (renamed when complete)
+    part-<rank>-<session>-<first>-<last>.parquet   files first..last merged (tracer._compact)
+    .part-<rank>-<session>-<index>[-<last>].tmp    a file being written (renamed when complete)
     ._tracer.json.<8 hex>.tmp                  metadata being written (renamed when complete)
 
 ``<rank>`` is 5 digits or more, ``<session>`` 8 hex digits, ``<index>`` 6 digits or more.
@@ -31,8 +32,8 @@ import pyarrow.parquet as pq
 from tracer._reader import data_files
 from tracer._schema import META_FILE
 
-_DATA_NAME = re.compile(r"part-\d{5,}-[0-9a-f]{8}-\d{6,}\.parquet")
-_DATA_TMP_NAME = re.compile(r"\.part-\d{5,}-[0-9a-f]{8}-\d{6,}\.tmp")
+_DATA_NAME = re.compile(r"part-\d{5,}-[0-9a-f]{8}-\d{6,}(-\d{6,})?\.parquet")
+_DATA_TMP_NAME = re.compile(r"\.part-\d{5,}-[0-9a-f]{8}-\d{6,}(-\d{6,})?\.tmp")
 _META_TMP_NAME = re.compile(re.escape(f".{META_FILE}.") + r"[0-9a-f]{8}\.tmp")
 _VERSION_KEY = b"tracer.schema_version"  # in every data file's footer (see SCHEMA)
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer import _encode
+from tracer._compact import Compactor
 from tracer._encode import KIND_ORDER, ValuesBuffer, encode_rows, row_groups
 from tracer._schema import COLUMNS, KINDS, SCHEMA, STRING_COLUMNS, Row
 
@@ -106,6 +107,7 @@ class Writer:
         compression: str = "zstd",
         threads: int | None = None,
         on_file: Callable[[FileWritten], None] | None = None,
+        compact: bool = True,
     ) -> None:
         self.directory = directory
         self.rank = rank
@@ -138,6 +140,23 @@ class Writer:
         ]
         for thread in self._threads:
             thread.start()
+        self._compactor = (
+            Compactor(directory, rank, self._session, compression=compression, on_merge=self._merged)
+            if compact
+            else None
+        )
+
+    def _merged(self, sources: list[str], merged: str) -> None:
+        """The compactor merged ``sources`` into ``merged``: ``files`` names what is on disk."""
+        with self._cond:
+            gone = set(sources)
+            self.files[:] = [name for name in self.files if name not in gone]
+            self.files.append(merged)
+
+    @property
+    def merges(self) -> int:
+        """How many merges of small files into large ones were done (see :mod:`tracer._compact`)."""
+        return 0 if self._compactor is None else self._compactor.merges
 
     def _alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
@@ -178,6 +197,8 @@ class Writer:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join()
+        if self._compactor is not None:
+            self._compactor.close(final_merge=self.error is None)
 
     # -- writer threads ---------------------------------------------------------------
     def _run(self) -> None:
@@ -218,6 +239,8 @@ class Writer:
                         self.rows_written += count
                         self._write_time.record(_WriteTime.weight(count, batch_bytes), renamed - started)
                     self._cond.notify_all()
+                if self._compactor is not None:
+                    self._compactor.done(index, f"{self._file_name(index)}.parquet" if written else None)
 
     def _wait_for_file(self) -> list[_Queued] | None:
         """Wait (holding the lock) until a file is due and take its rows; None once closing and empty."""
