@@ -81,7 +81,7 @@ def read_frame(
     return to_frame(read.table, read.order, read.complex_rows)
 
 
-_NULLABLE = {"nonfinite": "Int64", "param_group": "Int64", "grad_enabled": "boolean"}
+_NULLABLE = {"nonfinite": "Int64", "param_group": "Int64", "grad_enabled": "boolean", "rule_matches": "boolean"}
 
 
 def to_frame(

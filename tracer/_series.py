@@ -54,6 +54,8 @@ OPTIMIZER_KINDS = ("grad", "param", "state", "update", "skipped")
 """The kinds an optimizer's ``step()`` writes: they delimit the losses of a step."""
 
 _NEEDED = ("numel", "norm", "nonfinite")
+_CATEGORIES = ("kind", "name", "part", "module_type", "dtype", "optimizer", "hparams")
+_UNUSED = ("rule_error", "rule_matches", "global_shape", "shard_offset", "placements")
 _SCALER_EXCUSED = ("loss", "activation_grad", "grad", "skipped")
 
 
@@ -111,6 +113,10 @@ class Series:
                 "columns, or the trace's path"
             )
         stats = stats.assign(**{c: None for c in STAT_COLUMNS if c not in stats.columns})
+        stats = stats.drop(columns=[c for c in _UNUSED if c in stats.columns])
+        # few distinct values in many rows: categories make every filter below cheap (an Arrow
+        # string column is copied by each boolean index; codes are not)
+        stats = stats.astype({c: "category" for c in _CATEGORIES if c in stats.columns})
         return stats.sort_values(["step", "rank", "seq"], kind="stable").reset_index(drop=True)
 
     @functools.cached_property
