@@ -1,9 +1,12 @@
 """The reference example: one Linear neuron, one SGD step, traced and explained.
 
-w = [1, 1], b = 0, x = [1, 2], y = 8, MSE loss, SGD lr = 0.01 (float64):
-prediction 3, loss 25, gradients −10, −20, −10, new parameters 1.1, 1.2, 0.1.
+The tutorial's own code (an unbatched example): w = [[1, 1]], b = 0, x = [1, 2], y = 8, MSE
+loss, SGD lr = 0.01 (float64): prediction 3, loss 25, gradients −10, −20, −10, new
+parameters 1.1, 1.2, 0.1. It prints the report's walkthrough (forward pass, loss, chain
+rule, update) and writes the same report as an HTML page next to the trace.
 
-Run:  python examples/walkthrough.py [TRACE_DIR]   (default: traces/walkthrough, replaced each run)
+Run:  python examples/walkthrough.py [TRACE_DIR]   (default: traces/walkthrough, replaced each
+      run; the page: TRACE_DIR.html, e.g. traces/walkthrough.html)
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import tracer
 
 
 def main(path: Path) -> None:
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)  # one example with two features
+    y = torch.tensor([8.0], dtype=torch.float64)  # its target
     model = nn.Linear(2, 1).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 1.0]]))  # w₁ = w₂ = 1 (a 2-D weight: [[1, 1]])
-        model.bias.zero_()  # b = 0
-    x = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
-    y = torch.tensor([[8.0]], dtype=torch.float64)
+    model.weight.data = torch.tensor([[1.0, 1.0]], dtype=torch.float64)  # w₁ = w₂ = 1 (2-D: [[1, 1]])
+    model.bias.data = torch.tensor([0.0], dtype=torch.float64)  # b = 0
     loss_fn = nn.MSELoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -53,7 +55,11 @@ def main(path: Path) -> None:
     for label, o, g, u in zip(["w₁", "w₂", "b"], old, grads, upd):
         print(f"  {label:<9} | {o:>9g} | {g:>8g} | {o + u:>9g}")
     print("\nThe report explains the whole step, and checks every number against the trace:\n")
-    print(tracer.report(run))
+    report = tracer.report(run)
+    print(report)
+    page = path.with_name(path.name + ".html")
+    page.write_text(report.to_html(), encoding="utf-8")
+    print(f"The same report as an HTML page: {page}")
 
 
 if __name__ == "__main__":

@@ -211,3 +211,111 @@ def test_report_page_in_headless_chromium(browser, tmp_path):
         assert stats["coloured"] > 100 and stats["dark"] > 100, f"plot region {box} is blank: {stats}"
 
     assert probe["findings"] or "no findings" in probe["text"]
+
+
+# --------------------------------------------------------------------------- polish (issue 17)
+
+_MATH_PROBE = """
+<script>
+(function () {
+  function box(el) { var r = el.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }
+  var out = {
+    hats: Array.prototype.map.call(document.querySelectorAll("mover"), function (m) {
+      return {base: box(m.children[0]), hat: box(m.children[1]), text: m.children[1].textContent};
+    }),
+    roots: document.querySelectorAll("msqrt").length,
+    rules: Array.prototype.map.call(document.querySelectorAll(".rule"), function (el) { return el.tagName; }),
+    figures: Array.prototype.map.call(document.querySelectorAll("figure.tracer-plot"), function (el) { return el.id; }),
+    plots: Array.prototype.map.call(document.querySelectorAll("figure.tracer-plot svg"), box),
+    text: document.body.innerText
+  };
+  var pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
+  pre.hidden = true;
+  document.body.appendChild(pre);
+})();
+</script>
+"""
+
+
+def probe_page(browser, tmp_path, html, height=1600):
+    """Chromium's DOM probe of ``html`` (see ``_MATH_PROBE``) and a screenshot of it, as pixels."""
+    page = tmp_path / "page.html"
+    page.write_text(html.replace("</body>", _MATH_PROBE + "</body>", 1), encoding="utf-8")
+    dumped = run_chromium(browser, tmp_path, page, f"--window-size={WIDTH},{height}", "--dump-dom")
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    match = re.search(r'<pre id="probe" hidden="">(.*?)</pre>', dumped.stdout, re.DOTALL)
+    assert match, dumped.stdout[-2000:]
+    probe = json.loads(
+        match.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    )
+    shot = tmp_path / "page.png"
+    taken = run_chromium(browser, tmp_path, page, f"--window-size={WIDTH},{height}", f"--screenshot={shot}")
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    artifacts = os.environ.get("TRACER_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artifacts) / f"{tmp_path.name}.png")
+    with Image.open(shot) as image:
+        return probe, np.asarray(image.convert("RGB"))
+
+
+def test_a_one_step_trace_page_draws_no_plots_over_steps(browser, tmp_path):
+    from _reference import trace_reference
+
+    path = trace_reference(tmp_path / "trace", steps=1)
+    probe, png = probe_page(browser, tmp_path, tracer.report(path).to_html())
+    assert ["plot-histogram"] == probe["figures"]  # no loss, norm, ratio or activation plot of one dot
+    assert "One step traced (step 0): nothing to plot over steps; its numbers are below." in probe["text"]
+    [box] = probe["plots"]
+    stats = region_stats(png, [round(v) for v in box])
+    assert stats["coloured"] > 100 and stats["dark"] > 100, stats  # the histogram is drawn
+
+
+def test_hats_and_radicals_render_over_their_letters(browser, tmp_path):
+    pytest.importorskip("latex2mathml", reason="MathML needs the 'math' extra (latex2mathml)")
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1).double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, amsgrad=True)
+    with tracer.trace(model, optimizer, path=tmp_path / "trace") as run:
+        for _ in range(2):
+            optimizer.zero_grad()
+            model(torch.randn(4, 2, dtype=torch.float64)).pow(2).mean().backward()
+            optimizer.step()
+    html = tracer.report(run.path).to_html()
+    latex = re.findall(r"<summary>LaTeX</summary><pre>(.*?)</pre>", html, re.DOTALL)
+    probe, png = probe_page(browser, tmp_path, html, height=3000)
+    assert probe["rules"] and {"DIV"} == set(probe["rules"])  # one math style: every formula is MathML
+    assert sum(len(re.findall(r"\\(?:wide)?hat\{", t)) for t in latex) == len(probe["hats"]) > 0  # as the LaTeX has
+    assert sum(t.count(r"\sqrt") for t in latex) == probe["roots"] > 0
+    for hat in probe["hats"]:
+        (bx, by, bw, bh), (hx, hy, hw, hh) = hat["base"], hat["hat"]
+        assert "ˆ" == hat["text"]
+        assert bx - 1 <= hx + hw / 2 <= bx + bw + 1, hat  # over its letter, not beside it
+        assert hy + hh <= by + bh / 2, hat  # above the letter's middle: not through it
+        assert bw < 3 * 12, hat  # over one letter (m, v), not over a subscripted group
+
+
+def test_check_cells_keep_whole_numbers_and_a_zero_parameter_has_no_ratio(browser, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3), torch.nn.Flatten(), torch.nn.Linear(288, 4), torch.nn.Linear(4, 2)
+    )
+    with torch.no_grad():
+        model[-1].bias.zero_()
+    model[-1].bias.requires_grad_(False)  # stays zero: ‖θ‖ = 0 at every step
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    frozen = torch.nn.Parameter(torch.zeros(3))  # a zero parameter that the optimizer moves
+    opt.add_param_group({"params": [frozen]})
+    path = tmp_path / "trace"
+    with tracer.trace(model, opt, path=path):
+        for _ in range(2):
+            opt.zero_grad()
+            (model(torch.randn(2, 1, 8, 8)).sum() + frozen.sum()).backward()
+            opt.step()
+    probe, _ = probe_page(browser, tmp_path, tracer.report(path).to_html(findings=False))
+    text = probe["text"]
+    assert "(1152 elements" in text  # the reason that an 80-character cut used to end as "(11"
+    assert not re.search(r"\(11(?!52)", text)
+    assert "nan" not in text.lower().replace("nanogpt", "")

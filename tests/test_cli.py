@@ -101,6 +101,8 @@ def command_line(words: tuple[str, ...], trace: Path, other: Path, scratch: Path
         argv += [action.option_strings[0], *value] if action.option_strings else value
     if words == ("export", "wandb"):
         argv += ["--dir", str(scratch / "wandb")]  # offline, and not in the working directory
+    if words == ("compare",):
+        argv += ["-o", str(scratch / "compare.html")]  # not the default, in the working directory
     return argv
 
 
@@ -137,7 +139,8 @@ def assert_clean_or_one_error_line(argv: list[str]) -> int:
 
 def test_subcommands_are_every_command_of_the_help(capsys):
     found = subcommands()
-    for words in [("summary",), ("diff",), ("report",), ("diagnose",), ("export", "tensorboard"), ("export", "wandb")]:
+    for words in [("summary",), ("diff",), ("report",), ("diagnose",), ("export", "tensorboard"), ("export", "wandb"),
+                  ("compare",)]:  # fmt: skip
         assert words in found
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -210,7 +213,10 @@ def test_diff_divergence(capsys, traces):
 
 
 def test_diff_options(capsys, traces):
-    assert 0 == run_main(capsys, "diff", traces["ref"], traces["lr"], "--atol", "10", "--rtol", "0")[0]
+    # a changed learning rate is a divergence in itself; the tolerances say whether values differ too
+    code, out, _ = run_main(capsys, "diff", traces["ref"], traces["lr"], "--atol", "10", "--rtol", "0")
+    assert 1 == code and "no value differs beyond the tolerances" in out
+    assert "no value differs" not in run_main(capsys, "diff", traces["ref"], traces["lr"])[1]
     code, out, _ = run_main(capsys, "diff", traces["ref"], traces["lr"], "--kind", "loss", "--kind", "grad")
     assert 1 == code and "step 1: loss" in out
 
@@ -224,10 +230,31 @@ def test_diff_missing_step(capsys, traces):
 # --------------------------------------------------------------------------- report
 
 
-def test_report_markdown(capsys, traces):
+def test_report_default_is_the_compact_text(capsys, traces):
     code, out, err = run_main(capsys, "report", traces["ref"])
     assert (0, "") == (code, err)
-    assert "weight" in out and "SGD" in out
+    assert str(tracer.report(traces["ref"])) == out  # on a terminal and piped alike
+    assert "Update rules" in out and "$$" not in out and "\\theta" not in out  # no raw LaTeX
+
+
+def test_report_step_or_name_that_matches_nothing_is_bad_input(traces):
+    ref = str(traces["three"])
+    assert_one_error_line(["report", ref, "--step", "500"], f"--step 500 matches no step of {ref} (it has steps 0–2)")
+    assert_one_error_line(["report", ref, "--name", "fc3*"], "--name 'fc3*' matches no parameter of", "(closest: ")
+    assert_one_error_line(["report", ref, "--name", "weigth"], "(closest: 'weight'")
+    assert 0 == run_quietly(["report", ref, "--step", "2", "--name", "w*"])[0]
+
+
+def test_every_description_ends_with_one_full_stop(capsys):
+    for words in subcommands():
+        with pytest.raises(SystemExit):
+            main([*words, "--help"])
+        out = capsys.readouterr().out
+        description = out.split("\n\n")[1]
+        assert description.endswith(".") and not description.endswith(".."), (words, description)
+    with pytest.raises(SystemExit):
+        main(["diagnose", "--help"])
+    assert "dead units, the loss trend and more.\n" in capsys.readouterr().out
 
 
 def test_report_html_to_file(capsys, traces, tmp_path):

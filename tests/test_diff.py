@@ -11,6 +11,7 @@ from _reference import make_reference, train_reference
 
 import tracer
 from tracer import Divergence
+from tracer._diff import HparamDivergence
 
 
 def make_trace(path, *, steps=2, lr=0.01, batch=1, **options):
@@ -59,9 +60,26 @@ def test_a_trace_and_its_dataframe_give_the_same_divergence(traces):
     assert from_paths == tracer.diff(tracer.load(traces["ref"].path), tracer.open(traces["lr"].path))
 
 
-def test_learning_rates_differ_first_divergence_is_the_step_0_update(traces):
+def test_a_changed_learning_rate_is_reported_as_such_before_the_values(traces):
     found = tracer.diff(traces["ref"], traces["lr"])
-    assert isinstance(found, Divergence)
+    assert isinstance(found, HparamDivergence) and isinstance(found, Divergence)
+    assert (0, "update", "weight", "hparams", 0.01, 0.02) == (
+        found.step, found.kind, found.name, found.field, found.a, found.b
+    )  # fmt: skip
+    assert ("SGD", 0, (("lr", 0.01, 0.02),)) == (found.change.optimizer, found.change.group, found.change.differ)
+    text = str(found)
+    assert text.startswith(
+        "traces diverge at step 0: the learning rate (lr) of SGD param group 0 differs: a = 0.01, b = 0.02\n"
+        "  the first value that differs:\n"
+        "    traces diverge at step 0: update 'weight' call 0: values differ at index (0, 0)"
+    )
+    assert found.then == tracer.diff(traces["ref"], traces["lr"], hparams=False)
+    assert 11 == found.later  # the value divergence, and the 10 rows after it
+
+
+def test_learning_rates_differ_first_value_divergence_is_the_step_0_update(traces):
+    found = tracer.diff(traces["ref"], traces["lr"], hparams=False)
+    assert type(found) is Divergence
     assert (0, "update", "weight", 0, "", "values", 0) == (
         found.step,
         found.kind,
@@ -79,6 +97,75 @@ def test_learning_rates_differ_first_divergence_is_the_step_0_update(traces):
     assert "index (0, 0)" in text
     assert f"a = {found.a!r}, b = {found.b!r}" in text
     assert "10 later rows also differ" in text
+
+
+def scheduled(path, *, gamma, momentum=0.0, steps=3):
+    """The reference example under a StepLR schedule: the lr changes after step 0 by ``gamma``."""
+    model, x, y, loss_fn, optimizer = make_reference()
+    optimizer.param_groups[0]["momentum"] = momentum
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=gamma)
+    with tracer.trace(model, optimizer, path=path) as run:
+        for _ in range(steps):
+            train_reference(model, x, y, loss_fn, optimizer, steps=1)
+            schedule.step()
+    return run.path
+
+
+def test_a_learning_rate_that_a_schedule_changes_later_is_found_at_its_step(tmp_path):
+    a, b = scheduled(tmp_path / "a", gamma=1.0), scheduled(tmp_path / "b", gamma=0.5)
+    found = tracer.diff(a, b)
+    assert (1, "hparams", 0.01, 0.005) == (found.step, found.field, found.a, found.b)
+    assert (1, "update") == (found.then.step, found.then.kind)  # step 1's update is the first value it changes
+    assert "the learning rate (lr) of SGD param group 0 differs: a = 0.01, b = 0.005" in str(found)
+
+
+def test_values_that_differ_before_the_hyper_parameters_come_first(tmp_path):
+    a, b = scheduled(tmp_path / "a", gamma=1.0), scheduled(tmp_path / "b", gamma=0.5)
+    nudged = with_values(tracer.load(b), "grad", "bias", 0, [-11.0])  # step 0, before the lr changes
+    found = tracer.diff(tracer.load(a), nudged)
+    assert (0, "grad", "bias", "values") == (found.step, found.kind, found.name, found.field)
+    assert type(found) is Divergence
+
+
+def test_other_hyper_parameters_are_named_after_the_learning_rate(tmp_path):
+    a = scheduled(tmp_path / "a", gamma=1.0, steps=1)
+    b = scheduled(tmp_path / "b", gamma=1.0, momentum=0.9, steps=1)
+    found = tracer.diff(a, b)
+    assert (
+        "traces diverge at step 0: the momentum of SGD param group 0 differs: a = 0.0, b = 0.9\n  no value differs beyond the tolerances"
+        == str(found)
+    )  # one step: momentum does not act yet
+    found = tracer.diff(traces_with_lr_and_momentum(tmp_path), a)
+    assert ("lr", "momentum") == tuple(k for k, _, _ in found.change.differ)
+    assert "differs: a = 0.02, b = 0.01; also momentum (a = 0.9, b = 0.0)" in str(found)
+
+
+def traces_with_lr_and_momentum(tmp_path):
+    model, x, y, loss_fn, optimizer = make_reference()
+    optimizer.param_groups[0].update(lr=0.02, momentum=0.9)
+    with tracer.trace(model, optimizer, path=tmp_path / "both") as run:
+        train_reference(model, x, y, loss_fn, optimizer, steps=1)
+    return run.path
+
+
+def test_logged_metrics_are_compared(traces):
+    from test_summary import with_metrics
+
+    a = with_metrics(tracer.load(traces["ref"].path), {0: {"accuracy": 0.5}, 1: {"accuracy": 0.75}})
+    b = with_metrics(tracer.load(traces["ref"].path), {0: {"accuracy": 0.5}, 1: {"accuracy": 0.625}})
+    assert tracer.diff(a, a.copy()) is None
+    found = tracer.diff(a, b)
+    assert (1, "metric", "accuracy", "values", 0.75, 0.625) == (
+        found.step,
+        found.kind,
+        found.name,
+        found.field,
+        found.a,
+        found.b,
+    )
+    assert "traces diverge at step 1: metric 'accuracy' call 0: values differ at index (): a = 0.75, b = 0.625" in str(
+        found
+    )
 
 
 def test_missing_last_step(traces):
@@ -125,15 +212,18 @@ def test_kinds(traces):
 
 
 def test_tolerances(traces):
-    assert tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=10.0) is None
-    found = tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=1e-3)
+    assert tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=10.0, hparams=False) is None
+    only_lr = tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=10.0)
+    assert (None, 0) == (only_lr.then, only_lr.later)
+    assert str(only_lr).endswith("differs: a = 0.01, b = 0.02\n  no value differs beyond the tolerances")
+    found = tracer.diff(traces["ref"], traces["lr"], rtol=0.0, atol=1e-3, hparams=False)
     assert (found.rtol, found.atol) == (0.0, 1e-3)
     assert "rtol=0, atol=0.001" in str(found)
 
 
 def test_statistics_are_compared_when_values_are_not_stored(traces):
     assert tracer.diff(traces["stats"], traces["ref"]) is None  # one side without values
-    found = tracer.diff(traces["stats"], traces["stats_lr"])
+    found = tracer.diff(traces["stats"], traces["stats_lr"]).then
     assert (0, "update", "weight", "mean", None) == (found.step, found.kind, found.name, found.field, found.index)
     assert "statistic 'mean'" in str(found)
 
@@ -173,8 +263,11 @@ def test_update_rows_alone_are_judged_at_the_precision_in_the_metadata(tmp_path)
         with tracer.trace(model_copy, optimizer, path=tmp_path / f"lr{lr}") as run:
             train_reference(model_copy, x, y, loss_fn, optimizer)
         runs.append(run.path)
-    assert tracer.diff(*runs, kinds="update") is None  # the param rows are not compared, yet float32 rules
-    assert tracer.diff(*runs, kinds="update", rtol=0.0, atol=0.0) is not None  # they do differ
+    assert (
+        tracer.diff(*runs, kinds="update", hparams=False) is None
+    )  # the param rows are not compared, yet float32 rules
+    assert tracer.diff(*runs, kinds="update", rtol=0.0, atol=0.0, hparams=False) is not None  # they do differ
+    assert "hparams" == tracer.diff(*runs, kinds="update").field  # and so do the learning rates
 
 
 def test_empty_traces(tmp_path):
@@ -196,4 +289,7 @@ def test_divergence_is_a_frozen_dataclass(traces):
     found = tracer.diff(traces["ref"], traces["lr"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         found.step = 3
-    assert repr(found).startswith("Divergence(step=0, kind='update', name='weight'")
+    assert repr(found).startswith(
+        "HparamDivergence(step=0, kind='update', name='weight', call=0, part='', field='hparams'"
+    )
+    assert repr(found.then).startswith("Divergence(step=0, kind='update', name='weight'")

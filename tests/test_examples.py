@@ -23,10 +23,22 @@ def _run(script: str, *args: str, capsys) -> str:
 
 def test_walkthrough_prints_the_tutorial_numbers(tmp_path, capsys):
     out = _run("walkthrough.py", str(tmp_path / "w"), capsys=capsys)
-    for expected in ["ŷ = w₁x₁ + w₂x₂ + b = 1·1 + 1·2 + 0 = 3 ✓", "L = (ŷ − y)² = (3 − 8)² = 25 ✓",
-                     "weight[0,1]: 1 − 0.01 · (−20) = 1.2", "bias[0]: 0 − 0.01 · (−10) = 0.1",
+    for expected in ["ŷ = 1·1 + 1·2 + 0 = 3 ✓", "L = (ŷ − y)² = (3 − 8)² = 25 ✓", "∂L/∂w₂ = 2ex₂ = 2·(−5)·2 = −20 ✓",
+                     "w₂ (weight[0,1]): 1 − 0.01 · (−20) = 1.2", "b (bias[0]): 0 − 0.01 · (−10) = 0.1",
                      "✓ 2 match their rule"]:  # fmt: skip
         assert expected in out
+    order = [out.index(s) for s in ("1. Forward pass", "2. Loss", "3. Gradients", "4. Update")]
+    assert sorted(order) == order
+
+
+def test_walkthrough_writes_its_html_page_next_to_the_trace(tmp_path, capsys):
+    out = _run("walkthrough.py", str(tmp_path / "w"), capsys=capsys)
+    page = tmp_path / "w.html"
+    assert f"The same report as an HTML page: {page}" in out
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "1 − 0.01 · (−20) = 1.2" in html
+    assert "4. Update: optimizer.step()" in html
+    assert not (tmp_path / "w" / "w.html").exists()  # not inside the trace, which overwrite=True replaces
 
 
 def test_optimizers_example_checks_every_update(tmp_path, capsys):

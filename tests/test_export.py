@@ -344,3 +344,29 @@ def test_each_network_of_a_gan_has_its_own_loss(tmp_path):
     for step in range(3):  # the discriminator's loss is backpropagated first (call 0), the generator's next
         rows = loss[loss.step == step].set_index("call")["mean"]
         assert (float(rows[0]), float(rows[1])) == (scalars[step]["loss/D"], scalars[step]["loss/G"])
+
+
+# --------------------------------------------------------------------------- logged metrics
+
+
+def test_logged_metrics_are_exported_as_scalars(trace_path, tmp_path):
+    from test_summary import with_metrics
+
+    from tracer import export
+
+    frame = with_metrics(tracer.load(trace_path), {0: {"accuracy": 0.5}, 2: {"accuracy": 0.75, "val/loss": 1.25}})
+    scalars = export.series(frame, histograms=False).scalars
+    assert (0.5, 0.75, 1.25) == (
+        scalars[0]["metric/accuracy"],
+        scalars[2]["metric/accuracy"],
+        scalars[2]["metric/val/loss"],
+    )
+    assert not any(tag.startswith("metric/") for tag in scalars[1])
+    assert not any(
+        tag.startswith("metric/") for s in export.series(trace_path, histograms=False).scalars.values() for tag in s
+    )
+    pytest.importorskip("tensorboard")
+    export.to_tensorboard(frame, tmp_path / "tb", histograms=False)
+    events = read_tensorboard(tmp_path / "tb")
+    assert [(0, 0.5), (2, 0.75)] == [(e.step, e.value) for e in events.Scalars("metric/accuracy")]
+    assert [(2, 1.25)] == [(e.step, e.value) for e in events.Scalars("metric/val/loss")]

@@ -14,7 +14,7 @@ README = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
 DOCUMENTED = {
     "ALL", "DEFAULT_MAX_VALUES", "Divergence", "Finding", "Findings", "KINDS", "Report", "Run",
     "SCHEMA_VERSION", "Thresholds", "Trace", "TraceFormatError", "TraceWriteError", "TracerError",
-    "__version__", "diagnose", "diff", "load", "open", "report", "trace",
+    "__version__", "compare", "diagnose", "diff", "load", "open", "report", "trace",
 }  # fmt: skip
 
 

@@ -264,3 +264,53 @@ def test_without_matplotlib_plots_say_how_to_get_them(traces, monkeypatch):
         section(traces["full"]).blocks
     )
     assert tracer.plots.INSTALL_HINT == _plots.INSTALL_HINT == "pip install 'torch-tracer[plots]'"
+
+
+def test_logged_metrics_get_a_panel_each(traces):
+    from test_summary import with_metrics
+
+    frame = with_metrics(tracer.load(traces["full"]), {s: {"accuracy": 0.5 + s / 20, "lr": 0.05} for s in range(6)})
+    svg = _plots.metric_plot(frame)
+    shown = {el.text for el in svg_root(svg).iter() if el.tag.endswith("text")}
+    assert {"accuracy", "lr"} <= shown
+    assert 2 == svg.count("<polyline")  # one line per name, each in its own panel
+    assert _plots.metric_plot(traces["full"]) is None
+    keys = [b.key for b in section(frame).blocks if isinstance(b, Figure)]
+    assert ["loss", "grad-norm", "update-ratio", "activations", "metrics", "histogram"] == keys
+
+
+def test_a_one_step_trace_draws_no_lines_over_steps(tmp_path):
+    run = train(tmp_path / "t", mlp(), None, steps=1)
+    blocks = section(run).blocks
+    assert [Para("One step traced (step 0): nothing to plot over steps; its numbers are below.")] == [
+        b for b in blocks if isinstance(b, Para)
+    ]
+    assert [] == [b for b in blocks if isinstance(b, Figure) and b.key != "histogram"]
+
+
+def test_step_ticks_are_whole_numbers(tmp_path):
+    for steps in (2, 3, 7):
+        svg = loss_plot(train(tmp_path / f"t{steps}", mlp(), None, steps=steps))
+        ticks = [
+            el.text for el in svg_root(svg).iter() if el.tag.endswith("text") and el.get("text-anchor") == "middle"
+        ]
+        numbers = [t for t in ticks if t and t[0].isdigit()]
+        assert numbers and all(t.isdigit() for t in numbers), numbers  # 0, 1, 2: never 0.5
+        assert {str(s) for s in range(steps)} >= set(numbers)
+
+
+def test_plots_of_a_long_trace_are_fast(tmp_path):
+    # the drawing alone (the statistics already read): milliseconds, not seconds
+    steps = 10_000
+    frame = pd.DataFrame({"step": np.repeat(np.arange(steps), 3), "kind": ["loss", "grad", "param"] * steps})
+    frame["name"] = np.where(frame["kind"] == "loss", "loss", "fc.weight")
+    frame["norm"] = frame["mean"] = np.linspace(1, 2, len(frame))
+    frame["std"], frame["numel"], frame["nonfinite"], frame["rank"], frame["call"], frame["part"] = 0.0, 4, 0, 0, 0, ""
+    frame["seq"], frame["dtype"], frame["module_type"] = np.arange(len(frame)), "float32", "Linear"
+    trace = tracer.open(frame)
+    loss_plot(trace), grad_norm_plot(trace)  # the series are computed here
+    start = time.perf_counter()
+    svg = loss_plot(trace) + grad_norm_plot(trace)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0, elapsed  # about 20 ms on a laptop; matplotlib took about 0.8 s
+    assert svg.count("<polyline") == 2 and len(svg) < 60_000  # binned to MAX_POINTS points each

@@ -155,3 +155,28 @@ def test_the_block_api_other_modules_build_on_keeps_its_signatures():
     assert Section("t", (), False, 3) == Section(title="t", blocks=(), open=False, level=3)
     for name in ("to_html", "to_markdown", "to_text", "to_latex", "escape_text", "escape_markdown", "escape_latex"):
         assert callable(getattr(_render, name)), name
+
+
+# --------------------------------------------------------------------------- math (issue 17)
+
+
+def test_one_math_style_per_page(monkeypatch):
+    from tracer import _render
+
+    good = Formula("θ ← θ − γ·g", r"\theta \leftarrow \theta - \gamma g")
+    bad = Formula("x ← y", r"\unknown{")
+    monkeypatch.setattr(_render, "_mathml", lambda latex: None if "unknown" in latex else f"<math>{latex}</math>")
+    both = _render.to_html_body([good, _render.Section("S", (bad,))])
+    assert "<math>" not in both and 2 == both.count('<pre class="rule">')  # one fails: every one is text
+    alone = _render.to_html_body([good, _render.Section("S", (good,))])
+    assert 2 == alone.count('<div class="rule" role="math"') and '<pre class="rule">' not in alone
+
+
+def test_hats_go_over_their_letter():
+    pytest.importorskip("latex2mathml", reason="MathML needs the 'math' extra (latex2mathml)")
+    from tracer._render import _mathml
+
+    shown = _mathml(r"\widehat{m_t} \leftarrow m_t / (1 - \beta_1^t)")
+    assert "<msub><mover><mi>m</mi><mo>&#x002C6;</mo></mover><mi>t</mi></msub>" in shown  # as \hat{m}_t
+    assert "&#x0005E;" not in shown
+    assert "<mover><mi>x</mi><mo>&#x002C6;</mo></mover>" in _mathml(r"\hat{x} = 1")

@@ -189,6 +189,7 @@ def test_subclass_of_a_known_optimizer_uses_its_rule(tmp_path):
     _assert_all_checked(frame)
     assert {"SGD"} == set(frame.rule_class)
     assert "the rule of SGD, its base class" in str(tracer.report(run))
+    assert "the rule of SGD, its base class" in tracer.report(run).to_markdown()
 
 
 def test_report_never_imports_a_class_named_in_the_trace(reference_trace, tmp_path):
@@ -213,22 +214,31 @@ def test_values_not_stored_are_reported_not_guessed(tmp_path):
 def test_reference_markdown_reads_like_the_tutorial(reference_trace):
     md = tracer.report(reference_trace).to_markdown()
     for expected in [
-        "ŷ = w₁x₁ + w₂x₂ + b = 1·1 + 1·2 + 0 = 3 ✓",
-        "e = ŷ − y = 3 − 8 = −5",
+        "ŷ = w₁x₁ + w₂x₂ + b`",
+        "ŷ = 1·1 + 1·2 + 0 = 3 ✓",
+        "e = 3 − 8 = −5",
         "L = (ŷ − y)² = (3 − 8)² = 25 ✓",
-        "∂L/∂w₁ = ∂L/∂e · ∂e/∂ŷ · ∂ŷ/∂w₁ = 2e·1·x₁ = 2·(−5)·1 = −10 ✓",
-        "∂L/∂w₂ = ∂L/∂e · ∂e/∂ŷ · ∂ŷ/∂w₂ = 2e·1·x₂ = 2·(−5)·2 = −20 ✓",
+        "∂L/∂w₁ = ∂L/∂e · ∂e/∂ŷ · ∂ŷ/∂w₁",
+        "∂L/∂w₁ = 2ex₁ = 2·(−5)·1 = −10 ✓",
+        "∂L/∂w₂ = 2ex₂ = 2·(−5)·2 = −20 ✓",
         "∂L/∂b = 2e = 2·(−5) = −10 ✓",
-        "weight[0,0]: 1 − 0.01 · (−10) = 1.1",
-        "weight[0,1]: 1 − 0.01 · (−20) = 1.2",
-        "bias[0]: 0 − 0.01 · (−10) = 0.1",
+        "w₁ (weight[0,0]): 1 − 0.01 · (−10) = 1.1",
+        "w₂ (weight[0,1]): 1 − 0.01 · (−20) = 1.2",
+        "b (bias[0]): 0 − 0.01 · (−10) = 0.1",
         "| parameter | old value | gradient | new value |",
-        "| weight[0,1] | 1 | −20 | 1.2 |",
+        "| w₂ (weight[0,1]) | 1 | −20 | 1.2 |",
         r"\theta_t \leftarrow \theta_{t-1} - \gamma g_t",
     ]:
         assert expected in md, expected
-    order = [md.index(s) for s in ("Forward pass", "Loss.", "chain rule", "Updates.", "Summary")]
+    stages = ("1. Forward pass: pred = model(x)", "2. Loss: loss = loss_fn(pred, y)", "3. Gradients: loss.backward()",
+              "4. Update: optimizer.step()", "Summary")  # fmt: skip
+    order = [md.index(s) for s in stages]
     assert sorted(order) == order
+
+
+def test_a_batch_of_one_is_worked_as_the_unbatched_example(reference_trace):
+    text = str(tracer.report(reference_trace))  # x = [[1, 2]]: a batch of one, no example index
+    assert "ŷ = 1·1 + 1·2 + 0 = 3 ✓" in text and "⁽" not in text
 
 
 def test_report_frame_columns(reference_trace):
@@ -288,8 +298,10 @@ def test_a_long_report_writes_each_rule_once_and_folds_steps(tmp_path):
     assert 25 == page.count('<details class="section"')
     assert 20 == page.count('<details class="section" open>')  # later steps are folded
     assert "‖Δθ‖/‖θ‖" in page
-    text = str(rep)
-    assert "Step 24" in text and "✗" not in text.split("could not be checked.")[1]
+    md = rep.to_markdown()
+    assert "Step 24" in md and "✗" not in md.split("could not be checked.")[1]
+    text = str(rep)  # the terminal's text: the rule once, one line per update
+    assert 1 == text.count("b ← μ·b + g") and 25 * 20 == sum(" ✓ rule " in line for line in text.splitlines())
 
 
 def test_html_formulas_are_mathml_when_latex2mathml_is_installed(reference_trace):
@@ -309,8 +321,9 @@ def test_an_update_made_outside_an_optimizer_is_reported_not_checked(reference_t
     assert [None, None] == list(table.matches) and [None, None] == list(table.optimizer)
     assert table.reason[0].startswith("no optimizer made this update")
     assert [1.1, 1.2] == table.observed[0]
-    text = str(tracer.report(frame))
+    text = tracer.report(frame).to_markdown()
     assert "weight (no optimizer): – not checked" in text and "(nan" not in text
+    assert "– Not checked (2 updates): no optimizer made this update" in str(tracer.report(frame))
     with pytest.raises(AssertionError, match=r"no updates to check in a DataFrame \(its 2 traced updates were made"):
         assert_updates_follow_rule(frame)
 

@@ -199,3 +199,90 @@ def test_the_series_are_computed_once_per_trace(tmp_path, monkeypatch):
     )
     assert losses == [r["loss"] for r in summarize(trace)["loss"]]
     assert [] == reads  # diagnose read the statistics; the summary reuses them
+
+
+# --------------------------------------------------------------------------- data files, metrics
+
+
+def with_metrics(frame, logged):
+    """``frame`` (from ``tracer.load``) with the rows ``run.log`` writes: kind ``metric``, name
+    the key, values ``[value]``, at the step; ``logged`` is ``{step: {name: value}}``."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    seq = int(frame["seq"].max()) + 1
+    for step, values in logged.items():
+        for name, value in values.items():
+            rows.append({
+                "step": step, "seq": seq, "kind": "metric", "name": name, "call": 0, "part": "", "module_type": None,
+                "shape": np.array([], dtype=np.int64), "dtype": "float64", "numel": 1, "mean": value, "std": 0.0,
+                "min": value, "max": value, "norm": abs(value), "nonfinite": 0, "values": np.array([value]),
+                "rank": 0, "grad_enabled": None, "optimizer": None, "param_group": None, "hparams": None,
+            })  # fmt: skip
+            seq += 1
+    out = pd.concat([frame, pd.DataFrame(rows)], ignore_index=True)
+    return out.sort_values(["step", "seq"], kind="stable").reset_index(drop=True)
+
+
+def test_summary_counts_the_data_files_only(tmp_path):
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        train_reference(model, x, y, loss_fn, optimizer, steps=2)
+    summary = summarize(run.path)
+    assert 1 == summary["files"] == len(list(run.path.glob("part-*.parquet")))  # not _tracer.json
+    everything = sum(f.stat().st_size for f in run.path.iterdir())
+    assert everything == summary["bytes"]
+    assert "; 1 data file, " in format_summary(summary)
+    frame = format_summary(summarize(tracer.load(run.path)))
+    assert "rows       20\n" in frame  # a DataFrame has no files
+
+
+def test_logged_metrics_are_summarised(tmp_path):
+    model, x, y, loss_fn, optimizer = make_reference()
+    with tracer.trace(model, optimizer, path=tmp_path / "t") as run:
+        train_reference(model, x, y, loss_fn, optimizer, steps=3)
+    frame = with_metrics(
+        tracer.load(run.path), {0: {"accuracy": 0.5, "lr": 0.01}, 1: {"accuracy": 0.75}, 2: {"accuracy": 0.625}}
+    )
+    summary = summarize(frame)
+    assert {"metric": 4} == {k: v for k, v in summary["kinds"].items() if k == "metric"}
+    assert [
+        {"name": "accuracy", "steps": 3, "first": 0.5, "last": 0.625, "min": 0.5, "min_step": 0, "max": 0.75, "max_step": 1},
+        {"name": "lr", "steps": 1, "first": 0.01, "last": 0.01, "min": 0.01, "min_step": 0, "max": 0.01, "max_step": 0},
+    ] == summary["metrics"]  # fmt: skip
+    text = format_summary(summary)
+    assert "logged metrics (run.log; first / last / smallest at step / largest at step)" in text
+    assert "  accuracy  3      0.5 / 0.625   0.5 (step 0)   0.75 (step 1)" in text
+    assert [] == summarize(run.path)["metrics"]
+    assert "logged metrics" not in format_summary(summarize(run.path))
+
+
+def test_run_log_metrics_reach_summary_plots_exports_and_diff(tmp_path):
+    import torch
+    from torch import nn
+
+    from tracer import _plots, export
+
+    def train(path, accuracies):
+        torch.manual_seed(0)
+        model = nn.Linear(2, 1).double()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with tracer.trace(model, opt, path=path) as run:
+            if not hasattr(run, "log"):
+                pytest.skip("run.log is not there yet")
+            for accuracy in accuracies:
+                opt.zero_grad()
+                model(torch.ones(4, 2, dtype=torch.float64)).sum().backward()
+                opt.step()
+                run.log({"accuracy": accuracy})
+        return run.path
+
+    a, b = train(tmp_path / "a", [0.5, 0.625, 0.75]), train(tmp_path / "b", [0.5, 0.625, 0.875])
+    assert [{"name": "accuracy", "steps": 3, "first": 0.5, "last": 0.75, "min": 0.5, "min_step": 0,
+             "max": 0.75, "max_step": 2}] == summarize(a)["metrics"]  # fmt: skip
+    assert [0.5, 0.625, 0.75] == [export.series(a, histograms=False).scalars[s]["metric/accuracy"] for s in range(3)]
+    assert 'id="plot-metrics"' in _plots.html_section(a)  # the report page's plots include them
+    assert 1 == _plots.metric_plot(a).count("<polyline")
+    found = tracer.diff(a, b)
+    assert (2, "metric", "accuracy", 0.75, 0.875) == (found.step, found.kind, found.name, found.a, found.b)

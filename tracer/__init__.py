@@ -34,6 +34,7 @@ _NAMES = {
     "TraceFormatError": "tracer._errors",
     "TraceWriteError": "tracer._errors",
     "TracerError": "tracer._errors",
+    "compare": "tracer._compare",
     "diagnose": "tracer._diagnose",
     "diff": "tracer._diff",
     "load": "tracer._load",
@@ -60,6 +61,7 @@ __all__ = [
     "TraceWriteError",
     "TracerError",
     "__version__",
+    "compare",
     "diagnose",
     "diff",
     "load",
@@ -69,6 +71,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from tracer._compare import compare
     from tracer._diagnose import Finding, Findings, Thresholds, diagnose
     from tracer._diff import Divergence, diff
     from tracer._errors import TraceFormatError, TracerError, TraceWriteError

@@ -1,4 +1,4 @@
-"""The ``tracer`` command line (also ``python -m tracer``): summary, diff, report, diagnose, export.
+"""The ``tracer`` command line (also ``python -m tracer``): summary, diff, report, diagnose, export, compare.
 
 Every command opens each trace it is given once (:meth:`tracer.Trace.open`, which also
 checks it) and hands that ``Trace`` on, so a command reads the trace once.
@@ -40,8 +40,9 @@ examples:
 
 _REPORT_EPILOG = """\
 examples:
-  tracer report traces/run1
-  tracer report traces/run1 --format html -o report.html
+  tracer report traces/run1                # compact text: rules once, one line per update
+  tracer report traces/run1 --format markdown > report.md
+  tracer report traces/run1 -o report.html # the format from the file's suffix
   tracer report traces/run1 --step 0 --name 'fc.*'
   tracer report traces/run1 --check        # exit 1 unless every update follows its rule
 """
@@ -82,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     from tracer.export import add_export_parser  # no dashboard package is imported here
 
     add_export_parser(commands)
+    from tracer._compare_cli import add_compare_parser
+
+    add_compare_parser(commands)
     return parser
 
 
@@ -111,6 +115,10 @@ def _add_diff(commands: argparse._SubParsersAction) -> None:
     diff.set_defaults(func=_diff)
 
 
+FORMATS = ["text", "markdown", "html", "latex"]
+_SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".tex": "latex"}
+
+
 def _add_report(commands: argparse._SubParsersAction) -> None:
     report = _command(
         commands,
@@ -122,9 +130,11 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("path", metavar="PATH", help="the trace directory")
     report.add_argument(
-        "--format", choices=["markdown", "html"], default="markdown", help="output format (default: markdown)"
-    )
-    report.add_argument("--step", type=int, default=None, metavar="N", help="only this step")
+        "--format", choices=FORMATS, default=None,
+        help="output format (default: text, on a terminal and piped alike; with -o FILE, the one its "
+        "suffix names: .md, .html, .tex, else text)",
+    )  # fmt: skip
+    report.add_argument("--step", type=int, default=None, metavar="N", help="only this step (worked by hand if small)")
     report.add_argument("--name", default=None, metavar="GLOB", help="only parameters matching this glob")
     report.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE, not stdout")
     report.add_argument(
@@ -139,7 +149,10 @@ def _command(
     return commands.add_parser(
         name,
         help=help,
-        description=help[0].upper() + help[1:] + "." + (f"\n\n{details}" if details else ""),
+        description=help[0].upper()
+        + help[1:]
+        + ("" if help.endswith(".") else ".")
+        + (f"\n\n{details}" if details else ""),
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -175,8 +188,12 @@ def _diff(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tracer._report import report
 
-    result = report(_open(args.path), step=args.step, name=args.name)
-    text = result.to_html() if args.format == "html" else result.to_markdown()
+    trace = _open(args.path)
+    _check_selection(trace, args.step, args.name)
+    result = report(trace, step=args.step, name=args.name)
+    fmt = args.format or (_SUFFIXES.get(Path(args.output).suffix.lower(), "text") if args.output else "text")
+    render = {"text": result.to_text, "markdown": result.to_markdown, "html": result.to_html, "latex": result.to_latex}
+    text = render[fmt]()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {_shown(args.output)}")
@@ -187,6 +204,29 @@ def _report(args: argparse.Namespace) -> int:
         print(f"tracer: check failed: {failed}", file=sys.stderr)
         return EXIT_DIFFERENT
     return EXIT_OK
+
+
+def _check_selection(trace: Trace, step: int | None, name: str | None) -> None:
+    """A ``--step`` or ``--name`` that matches nothing is bad input: say what there is."""
+    import difflib
+    import fnmatch
+
+    if step is not None:
+        steps = trace.steps
+        if step not in steps:
+            from tracer._report import spans
+
+            has = spans(steps) if steps else "no steps"
+            raise ValueError(f"--step {step} matches no step of {_shown(trace.source)} (it has {has})")
+    if name is not None:
+        names = [p.name for p in trace.meta.parameters]
+        if not names:
+            stats = trace.stats
+            names = sorted({str(n) for n in stats.loc[stats["kind"].isin(["grad", "param", "update"]), "name"]})
+        if not any(n == name or fnmatch.fnmatchcase(n, name) for n in names):
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or names[:3]
+            shown = ", ".join(repr(n) for n in close) if close else "none: the trace has no parameters"
+            raise ValueError(f"--name {name!r} matches no parameter of {_shown(trace.source)} (closest: {shown})")
 
 
 def _check_failure(result: Report) -> str | None:
@@ -239,7 +279,7 @@ def _add_diagnose(commands: argparse._SubParsersAction) -> None:
     diagnose = _command(
         commands,
         "diagnose",
-        "what went wrong in a run: first NaN/Inf, bad gradients, dead units, loss trend, ...",
+        "what went wrong in a run: first NaN/Inf, bad gradients, dead units, the loss trend and more",
         _DIAGNOSE_EPILOG,
         "Findings are printed most severe first. Exit status: 0, or 1 when a finding has\n"
         "severity 'error'; 2 on bad input. Thresholds: see tracer.Thresholds.",

@@ -11,6 +11,7 @@ traces diverge at step 3: grad 'fc.weight' call 0: values differ at index (0, 1)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from tracer._divergence import (
     flat_to_index,
     missing_note,
 )
+from tracer._run_hparams import HparamChange, first_change
 from tracer._tolerances import close, tolerances
 from tracer._trace import KindFilter, NameFilter, StepFilter, Trace, TraceLike
 from tracer._trace import check_kinds as _check_kinds
@@ -30,7 +32,7 @@ from tracer._trace import check_kinds as _check_kinds
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["KEY", "STATS", "Divergence", "check_kinds", "close", "compare", "describe", "diff",
+__all__ = ["KEY", "STATS", "Divergence", "HparamDivergence", "check_kinds", "close", "compare", "describe", "diff",
            "flat_to_index", "frame", "tolerances"]  # fmt: skip
 
 _STORED_KEY = ("step", "rank", "kind", "name", "call", "part")
@@ -85,6 +87,29 @@ def check_kinds(kinds: KindFilter) -> list[str] | None:
 # --------------------------------------------------------------------------- diff
 
 
+@dataclasses.dataclass(frozen=True)
+class HparamDivergence(Divergence):
+    """Two traces whose hyper-parameters differ (a changed learning rate, ...) at ``step``,
+    before or at the first value that differs (``then``, None when no value does).
+
+    ``field`` is ``"hparams"``; ``kind``, ``name`` are the first ``update`` row of that
+    param group; ``a`` and ``b`` are the first differing hyper-parameter's values.
+    """
+
+    change: HparamChange | None = dataclasses.field(default=None, repr=False)
+    then: Divergence | None = dataclasses.field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        assert self.change is not None
+        lines = [f"traces diverge at step {self.step}: {self.change.text(self.labels)}"]
+        if self.then is None:
+            lines.append("  no value differs beyond the tolerances")
+        else:
+            lines.append("  the first value that differs:")
+            lines += ["    " + line for line in str(self.then).splitlines()]
+        return "\n".join(lines)
+
+
 def diff(
     a: TraceLike,
     b: TraceLike,
@@ -92,13 +117,17 @@ def diff(
     rtol: float | None = None,
     atol: float | None = None,
     kinds: KindFilter = None,
+    hparams: bool = True,
 ) -> Divergence | None:
     """The first divergence between two traces in training order, or None when they are close.
 
-    Rows are matched on (step, rank, kind, name, call, part) and visited in training
-    order: by step, then in the order the events happened in that step. Values are
-    compared where both traces store them, otherwise the statistics are. A row that is in
-    one trace only (a missing step, a renamed parameter) is a divergence too.
+    Hyper-parameters first: where a param group's hyper-parameters (``lr``, ``momentum``,
+    ...) differ at a step no later than the first differing value, that is the divergence
+    (a :class:`HparamDivergence` that names the first differing value too). Then rows are
+    matched on (step, rank, kind, name, call, part) and visited in training order: by step,
+    then in the order the events happened in that step. Values are compared where both
+    traces store them, otherwise the statistics are. A row that is in one trace only (a
+    missing step, a renamed parameter) is a divergence too.
 
     Example::
 
@@ -110,13 +139,27 @@ def diff(
         a, b: traces: paths, ``Run`` objects, DataFrames from ``tracer.load`` or Traces.
         rtol, atol: tolerances as in ``torch.testing.assert_close``; by default that
             function's defaults for each row's dtype (for ``update`` rows, the parameter's).
-        kinds: compare only these kinds (default: all).
+        kinds: compare only these kinds (default: all; hyper-parameters are compared when
+            ``update`` is one of them).
+        hparams: compare the hyper-parameters (default); False: the rows only.
 
     Raises:
         TraceFormatError: a path is not a readable trace.
         ValueError: an unknown kind.
     """
-    return compare(a, b, rtol=rtol, atol=atol, kinds=kinds)
+    wanted = check_kinds(kinds)
+    a, b = Trace.open(a), Trace.open(b)
+    found = compare(a, b, rtol=rtol, atol=atol, kinds=wanted)
+    if not hparams or (wanted is not None and "update" not in wanted):
+        return found
+    change = first_change(a, b)
+    if change is None or (found is not None and found.step < change.step):
+        return found
+    key, va, vb = change.differ[0]
+    return HparamDivergence(
+        step=change.step, kind="update", name=change.name, call=0, part="", field="hparams", index=None,
+        a=va, b=vb, later=0 if found is None else found.later + 1, change=change, then=found,
+    )  # fmt: skip
 
 
 def compare(

@@ -11,6 +11,8 @@ Each opens the trace once and hands the ``Trace`` to :mod:`tracer.export`.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 from tracer._export_series import HISTOGRAM_KINDS
 
@@ -19,6 +21,7 @@ examples:
   tracer export tensorboard traces/run1 runs/run1 && tensorboard --logdir runs
   tracer export tensorboard traces/run1 runs/run1 --histograms grad --histograms activation
   tracer export tensorboard traces/run1 runs/run1 --no-histograms
+  tracer export tensorboard traces/run1 runs/run1 --follow   # live, while training writes it
 """
 
 _WANDB_EPILOG = """\
@@ -26,6 +29,7 @@ examples:
   tracer export wandb traces/run1                       # offline: no account, no network
   tracer export wandb traces/run1 --project my-project --dir /tmp/wandb
   tracer export wandb traces/run1 --mode online --project my-project
+  tracer export wandb traces/run1 --mode online --follow     # live, while training writes it
 """
 
 
@@ -52,6 +56,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     tb.add_argument("path", metavar="PATH", help="the trace directory")
     tb.add_argument("logdir", metavar="LOGDIR", help="the TensorBoard log directory to write to")
     _histogram_options(tb)
+    _follow_options(tb)
     tb.set_defaults(func=cmd_export_tensorboard)
 
     wb = targets.add_parser(
@@ -67,6 +72,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> argparse.Argument
     wb.add_argument("--mode", choices=["offline", "online"], default="offline", help="default: offline")
     wb.add_argument("--dir", default=None, help="where wandb writes its files (default: ./wandb)")
     _histogram_options(wb)
+    _follow_options(wb)
     wb.set_defaults(func=cmd_export_wandb)
     return export
 
@@ -81,6 +87,45 @@ def _histogram_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-histograms", action="store_true", help="scalars only")
 
 
+def _follow_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep exporting while the trace is written (each step once); stop when it is complete or on Ctrl-C",
+    )
+    parser.add_argument(
+        "--poll",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --follow: seconds between looks (default: 1)",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text!r})")
+    return value
+
+
+def _following(args: argparse.Namespace, export: Callable[[], Path]) -> Path | None:
+    """Run ``export``; with ``--follow``, say so first, and make Ctrl-C a clean stop (None)."""
+    if not getattr(args, "follow", False):
+        return export()
+    from tracer._render import escape_text
+
+    try:
+        print(f"following {escape_text(args.path)} (Ctrl-C to stop) ...", flush=True)
+        return export()
+    except KeyboardInterrupt:
+        print("stopped following (Ctrl-C); the steps exported so far are kept", flush=True)
+        return None
+
+
 def _histograms_arg(args: argparse.Namespace) -> bool | list[str]:
     if args.no_histograms:
         return False
@@ -93,7 +138,15 @@ def cmd_export_tensorboard(args: argparse.Namespace) -> int:
     from tracer._trace import Trace
     from tracer.export import to_tensorboard
 
-    out = to_tensorboard(Trace.open(args.path), args.logdir, histograms=_histograms_arg(args))
+    source = args.path if args.follow else Trace.open(args.path)
+    out = _following(
+        args,
+        lambda: to_tensorboard(
+            source, args.logdir, histograms=_histograms_arg(args), follow=args.follow, poll=args.poll
+        ),
+    )
+    if out is None:
+        return 130
     shown = escape_text(str(out))
     print(f"wrote TensorBoard events to {shown} (view: tensorboard --logdir {shown})")
     return 0
@@ -105,10 +158,13 @@ def cmd_export_wandb(args: argparse.Namespace) -> int:
     from tracer._trace import Trace
     from tracer.export import to_wandb
 
-    run_dir = to_wandb(
-        Trace.open(args.path), project=args.project, name=args.name, mode=args.mode, dir=args.dir,
-        histograms=_histograms_arg(args),
-    )  # fmt: skip
+    source = args.path if args.follow else Trace.open(args.path)
+    run_dir = _following(args, lambda: to_wandb(
+        source, project=args.project, name=args.name, mode=args.mode, dir=args.dir,
+        histograms=_histograms_arg(args), follow=args.follow, poll=args.poll,
+    ))  # fmt: skip
+    if run_dir is None:
+        return 130
     shown = escape_text(str(run_dir))
     if args.mode == "offline":
         print(f"wrote offline W&B run to {shown} (upload: wandb sync {shown})")

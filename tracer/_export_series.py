@@ -109,7 +109,8 @@ def histogram_kinds(histograms: bool | Iterable[str]) -> tuple[str, ...]:
 
 
 def step_scalars(trace: Trace) -> dict[int, dict[str, float]]:
-    """Per step: the loss, the norms per parameter and in total, update ratios and learning rates."""
+    """Per step: the loss, the norms per parameter and in total, update ratios, learning rates
+    and the metrics logged with ``run.log`` (``metric/NAME``)."""
     shared = shared_series(trace)
     out: dict[int, dict[str, float]] = {}
     for tag, per_step in _loss_scalars(shared.losses).items():
@@ -119,7 +120,19 @@ def step_scalars(trace: Trace) -> dict[int, dict[str, float]]:
         out.setdefault(int(step), {}).update(_norm_scalars(rows))
     for (step, tag), lr in _learning_rates(trace.stats).items():
         out.setdefault(step, {})[tag] = lr
+    for (step, tag), value in _metrics(shared.lead).items():
+        out.setdefault(step, {})[tag] = value
     return dict(sorted(out.items()))
+
+
+def _metrics(lead: pd.DataFrame) -> dict[tuple[int, str], float]:
+    """``{(step, "metric/NAME"): value}`` of the numbers logged with ``run.log`` (the last one
+    when a step logged a name twice)."""
+    rows = lead[lead["kind"] == "metric"]
+    return {
+        (int(step), f"metric/{name}"): float(value)
+        for step, name, value in zip(rows["step"], rows["name"], rows["mean"])
+    }
 
 
 def _loss_scalars(losses: pd.DataFrame) -> dict[str, dict[int, float]]:

@@ -25,6 +25,11 @@ from tracer._trace import Trace
 _VALUE_COLUMNS = ("rank", "name", "call", "part", "numel", "values")
 
 
+def steps(trace: Trace) -> list[int]:
+    """The traced steps, ascending (those of the shared series)."""
+    return series(trace).steps
+
+
 def loss_table(trace: Trace) -> pd.DataFrame | None:
     """Per step (rows) and loss series (columns, ``"loss"`` for one): the loss; None without loss rows."""
     losses = series(trace).losses
@@ -46,10 +51,10 @@ def layer_table(trace: Trace, kind: str) -> pd.DataFrame | None:
     """Per step (rows) and layer (columns, in training order): √Σ‖·‖² of the ``kind`` norms
     (``"grad"``, ``"param"`` or ``"update"``) of the layer's parameters; None without them."""
     norms = series(trace).norms
-    rows = norms[norms[kind].notna()]
+    rows = norms.loc[norms[kind].notna().to_numpy(), ["step", "layer", kind]]  # few columns: cheap to take
     if rows.empty:
         return None
-    order = list(dict.fromkeys(rows["layer"]))
+    order = list(pd.unique(rows["layer"]))
     squares = rows.assign(sq=rows[kind].astype("float64") ** 2)
     table = squares.groupby(["step", "layer"], sort=True)["sq"].sum(min_count=1).unstack("layer")
     return np.sqrt(table.reindex(columns=order))
@@ -71,16 +76,30 @@ def activation_tables(trace: Trace) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Per step and module (in training order): the mean and the std of its float outputs,
     several outputs of a step (calls, parts) pooled; None without activations."""
     lead = series(trace).lead
-    acts = lead[(lead["kind"] == "activation") & lead["dtype"].astype(str).str.contains("float")]
+    acts = lead.loc[(lead["kind"] == "activation").to_numpy(), ["step", "name", "dtype", "mean", "std"]]
+    acts = acts[acts["dtype"].astype(str).str.contains("float").to_numpy()]
     if acts.empty:
         return None
-    order = list(dict.fromkeys(acts["name"]))
+    order = list(pd.unique(acts["name"]))
     mean = acts["mean"].astype(float)
     acts = acts.assign(mean=mean, sq=acts["std"].astype(float) ** 2 + mean**2)
     grouped = acts.groupby(["step", "name"], sort=True)
     means = grouped["mean"].mean().unstack("name").reindex(columns=order)
     squares = grouped["sq"].mean().unstack("name").reindex(columns=order)
     return means, np.sqrt((squares - means**2).clip(lower=0))
+
+
+def metric_table(trace: Trace) -> pd.DataFrame | None:
+    """Per step (rows) and logged name (columns, in the order first logged): the value that
+    ``run.log`` recorded (the last one when a step logged a name twice); None without metrics."""
+    lead = series(trace).lead
+    rows = lead.loc[(lead["kind"] == "metric").to_numpy(), ["step", "name", "mean"]]
+    if rows.empty:
+        return None
+    order = list(pd.unique(rows["name"]))
+    rows = rows.drop_duplicates(["step", "name"], keep="last")
+    table = rows.pivot(index="step", columns="name", values="mean").reindex(columns=order).sort_index()
+    return table.astype("float64")
 
 
 def describe(kind: str, name: str, step: int, call: int = 0, part: str = "") -> str:
@@ -115,15 +134,15 @@ def default_histogram(trace: Trace) -> tuple[dict[str, Any], np.ndarray] | None:
     """The tensor the report page draws a histogram of, and its values: the largest gradient
     with stored values at the last step (from :meth:`Trace.updates`, which the report's
     checks have read already); None when there is none."""
-    grads = series(trace).lead
-    grads = grads[grads["kind"] == "grad"]
-    if grads.empty:
+    lead = series(trace).lead
+    steps = lead.loc[(lead["kind"] == "grad").to_numpy(), "step"]
+    if steps.empty:
         return None
-    last = int(grads["step"].max())
+    last = int(steps.max())
     rows = trace.updates()
     if "values" not in rows.columns:
         return None
-    rows = _lead(rows[(rows["kind"] == "grad") & (rows["step"] == last)])
+    rows = _lead(rows[((rows["kind"] == "grad") & (rows["step"] == last)).to_numpy()])
     rows = rows[(rows["call"] == 0) & (rows["part"] == "") & rows["values"].map(lambda v: v is not None)]
     if rows.empty:
         return None

@@ -1,42 +1,61 @@
-"""Drawing for :mod:`tracer._plots`: matplotlib figures (no pyplot, no global state) as inline SVG.
+"""Drawing for :mod:`tracer._plots`: charts written as SVG elements directly, no figure library.
 
-Long traces stay small: a line never has more than :data:`MAX_POINTS` points (longer runs
-are binned: the bin mean as the line, the bin's min–max as a band), more than
-:data:`MAX_LINES` layers become a heatmap (one raster image), and text stays text.
+Why not matplotlib's ``savefig``: five figures of a 10,000-step trace took about 2 s, nearly
+all of it in tick and text layout; writing the few elements a chart needs takes milliseconds.
+Long series stay small: a line never has more than :data:`MAX_POINTS` points (longer runs
+are binned: the bin mean as the line, the bin's min–max as a band), and more than
+:data:`MAX_LINES` layers become a heatmap (one inline PNG, coloured by matplotlib's
+colormaps: the only part that imports matplotlib). Text stays text.
 
->>> with figure() as fig:                                   # doctest: +SKIP
-...     line(fig.subplots(), steps, loss, "loss", color="C0")
-...     svg = to_svg(fig, "loss")
+>>> chart = Chart(700, 320)                                       # doctest: +SKIP
+>>> chart.lines(chart.box(), [Line(steps, loss, "loss")], title="Loss per step", ylabel="loss")  # doctest: +SKIP
+>>> svg = chart.svg()                                             # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import itertools
-import re
-import warnings
-from collections.abc import Iterator
+import base64
+import dataclasses
+import html
+import importlib.util
+import math
+import struct
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tracer._errors import TracerError
 from tracer._escape import escape_text
+from tracer._plot_ticks import Scale, axis_range, linear_ticks, log_ticks, nice, tick_text
 
 MAX_POINTS = 300
-"""Most points of one line: longer series are binned to this many."""
+"""Most points of one line: longer series are binned to this many (about a plot's width in pixels)."""
 
 MAX_LINES = 8
 """Most layers drawn as lines; more become a heatmap."""
 
 INSTALL_HINT = "pip install 'torch-tracer[plots]'"
 
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+"""Line colours, in order (matplotlib's ``tab10``): series ``i`` is ``COLORS[i % 10]``."""
+
+_FONT = 11  # px: tick labels and legend; titles and axis labels a little larger
+
 
 class PlotsUnavailableError(TracerError, ImportError):
     """matplotlib is not installed, so plots cannot be drawn."""
+
+
+def require_plots() -> None:
+    """Raise :class:`PlotsUnavailableError` unless matplotlib can be imported (found, not imported)."""
+    try:
+        found = importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise PlotsUnavailableError(f"plots need matplotlib: {INSTALL_HINT}")
 
 
 def label(name: str) -> str:
@@ -44,42 +63,14 @@ def label(name: str) -> str:
     return "(model)" if name == "" else name
 
 
-def escape_mathtext(text: str) -> str:
-    """Text shown as is, on one line: ``$`` would start matplotlib's mathtext, ``_`` hide a legend
-    entry, a newline break a title or label."""
-    text = escape_text(text).replace("$", r"\$")
-    return "\u200b" + text if text.startswith("_") else text
+def text_width(text: str, size: float = _FONT) -> float:
+    """About how wide ``text`` is in pixels in a sans-serif font (for margins and legends)."""
+    return 0.58 * size * len(text)
 
 
-_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-_MATHTEXT_LABEL = re.compile(r"\$\\mathdefault\{(.*)\}\$")
-
-
-def plain_power(label: str) -> str:
-    """A log axis' mathtext tick label as plain Unicode text: ``$\\mathdefault{6\\times10^{-1}}$``
-    → ``6×10⁻¹``. Text that needs no mathtext is laid out in a fraction of the time.
-
-    >>> plain_power(r"$\\mathdefault{10^{-3}}$")
-    '10⁻³'
-    """
-    found = _MATHTEXT_LABEL.fullmatch(label)
-    if found is None:
-        return label
-    body = found.group(1).replace(r"\times", "×").replace("-", "−")
-    return re.sub(r"\^\{([−0-9]+)\}", lambda m: m.group(1).replace("−", "-").translate(_SUPERSCRIPT), body)
-
-
-def log_y(ax: Any) -> None:
-    """A log y axis whose tick labels are plain text (10⁻³), not mathtext."""
-    from matplotlib.ticker import LogFormatterSciNotation
-
-    class PlainLogFormatter(LogFormatterSciNotation):
-        def __call__(self, x: float, pos: int | None = None) -> str:
-            return plain_power(super().__call__(x, pos))
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(PlainLogFormatter())
-    ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+def _x(text: str) -> str:
+    """Text as SVG character data: shown verbatim, on one line."""
+    return html.escape(escape_text(text), quote=True)
 
 
 def bins(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -104,118 +95,262 @@ def bins(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return xs, np.where(empty, np.nan, means), np.where(empty, np.nan, lows), np.where(empty, np.nan, highs)
 
 
-def line(ax: Any, x: np.ndarray, y: np.ndarray, name: str, *, color: str) -> None:
-    """One series as a line (binned when long, with its min–max band), steps on the x axis."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    xs, ys, lo, hi = bins(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    ax.plot(xs, ys, label=escape_mathtext(name), color=color, linewidth=1.2,
-            marker="o" if xs.size <= 30 else None, markersize=3)  # fmt: skip
-    if lo is not None:
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+# --------------------------------------------------------------------------- the chart
 
 
-def per_layer(table: pd.DataFrame, title: str, ylabel: str, key: str, *, log: bool, guide: float | None = None) -> str:
-    """A step × layer table as one line per layer, or a heatmap for more than MAX_LINES layers."""
-    labels = [label(c) for c in table.columns]
-    many = len(labels) > MAX_LINES
-    with figure(height=max(2.5, 0.25 * len(labels) + 1.2) if many else 3.2) as fig:
-        ax = fig.subplots()
-        if many:
-            heatmap(fig, ax, table, labels, ylabel, log=log)
-        else:
-            _layer_lines(ax, table, labels, log=log)
-            if guide is not None:
-                ax.axhline(guide, color="0.5", linestyle="--", linewidth=0.8)
-            ax.set_xlabel("step")
-            ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7, loc="best", frameon=False)
-        ax.set_title(title)
-        fig.tight_layout()
-        return to_svg(fig, key)
+@dataclasses.dataclass
+class Line:
+    """One series: ``x`` (steps) and ``y``, drawn binned with its min–max band when long."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str
+    color: str = COLORS[0]
+    dashed: bool = False
 
 
-def _layer_lines(ax: Any, table: pd.DataFrame, labels: list[str], *, log: bool) -> None:
-    positive = False
-    for i, column in enumerate(table.columns):
-        values = table[column].to_numpy(dtype=float)
-        if log:
-            values = np.where(values > 0, values, np.nan)
-        positive = positive or bool(np.isfinite(values).any())
-        line(ax, table.index.to_numpy(), values, labels[i], color=f"C{i}")
-    if log and positive:
-        log_y(ax)
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A panel's plotting area, in pixels from the top left of the chart."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    gutter: float = 48  # room left of the area for the tick labels
 
 
-def heatmap(
-    fig: Any, ax: Any, table: pd.DataFrame, labels: list[str], what: str, *, log: bool, cmap: str = "viridis"
-) -> None:
-    """Layers as rows, steps as columns (binned to MAX_POINTS), one raster image."""
-    data = table.to_numpy(dtype=float).T  # layers x steps
-    steps = table.index.to_numpy()
-    if log:
+class Chart:
+    """An SVG drawing of one or more panels; :meth:`svg` is the ``<svg>`` element."""
+
+    def __init__(self, width: float = 700, height: float = 320) -> None:
+        self.width, self.height = width, height
+        self.parts: list[str] = []
+
+    def add(self, element: str) -> None:
+        self.parts.append(element)
+
+    def text(self, x: float, y: float, text: str, *, size: float = _FONT, anchor: str = "start", **attrs: Any) -> None:
+        extra = "".join(f' {k.replace("_", "-")}="{v}"' for k, v in attrs.items())
+        self.add(f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}"{extra}>{_x(text)}</text>')
+
+    def box(self, left: float = 0, top: float = 0, width: float | None = None, height: float | None = None,
+            *, ylabels: float = 48, legend: float = 0) -> Box:  # fmt: skip
+        """The plotting area of a panel placed at (left, top) of this size, leaving room for
+        the title, the axis labels, ``ylabels`` pixels of tick labels and ``legend`` below."""
+        width = self.width - left if width is None else width
+        height = self.height - top if height is None else height
+        inner_left = left + 22 + ylabels
+        return Box(inner_left, top + 26, width - (inner_left - left) - 12, height - 26 - 42 - legend, ylabels)
+
+    def svg(self) -> str:
+        """The chart as one inline ``<svg>`` element: no ids, no stylesheet, nothing fetched."""
+        head = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width:.0f}" height="{self.height:.0f}" '
+            f'viewBox="0 0 {self.width:.0f} {self.height:.0f}" font-family="system-ui,-apple-system,Segoe UI,'
+            f'DejaVu Sans,sans-serif" fill="#1b1f24">'
+        )
+        return head + '<rect width="100%" height="100%" fill="#fff"/>' + "".join(self.parts) + "</svg>"
+
+    # -- panels ----------------------------------------------------------------------
+    def lines(
+        self,
+        box: Box,
+        lines: Sequence[Line],
+        *,
+        title: str,
+        ylabel: str,
+        log: bool = False,
+        guide: float | None = None,
+        mark: tuple[float, str] | None = None,
+        legend: bool = True,
+    ) -> None:
+        """A panel of lines over steps: axes, round ticks (whole steps), the lines with their
+        bands, a dashed ``guide`` level, a dashed vertical ``mark`` (step, text), a legend below."""
+        drawn = [
+            (ln, *bins(np.asarray(ln.x, float), _positive(ln.y) if log else np.asarray(ln.y, float))) for ln in lines
+        ]
+        xs = np.concatenate([d[1] for d in drawn]) if drawn else np.zeros(0)
+        ys = (
+            [d[2] for d in drawn]
+            + [d[3] for d in drawn if d[3] is not None]
+            + [d[4] for d in drawn if d[4] is not None]
+        )
+        values = np.concatenate([np.asarray(y, float) for y in ys]) if ys else np.zeros(0)
+        values = values[np.isfinite(values)]
+        if guide is not None:
+            values = np.append(values, guide)
+        sx = Scale(*axis_range(xs[np.isfinite(xs)], pad=0.02, least=0.5), box.left, box.left + box.width, integer=True)
+        lo, hi = axis_range(values, log=log)
+        sy = Scale(lo, hi, box.top + box.height, box.top, log=log)
+        self._axes(box, sx, sy, title, ylabel)
+        if guide is not None:
+            gy = sy(guide)
+            self.add(f'<line x1="{box.left:.1f}" x2="{box.left + box.width:.1f}" y1="{gy:.1f}" y2="{gy:.1f}" '
+                     'stroke="#888" stroke-width="1" stroke-dasharray="5 3"/>')  # fmt: skip
+        for ln, x, y, low, high in drawn:
+            px, py = sx.map(x), sy.map(y)
+            if low is not None and high is not None:
+                self._band(px, sy.map(low), sy.map(high), ln.color)
+            dash = ' stroke-dasharray="6 3"' if ln.dashed else ""
+            for a, b in _runs(np.isfinite(py)):
+                pts = " ".join(f"{u:.1f},{v:.1f}" for u, v in zip(px[a:b], py[a:b]))
+                self.add(f'<polyline points="{pts}" fill="none" stroke="{ln.color}" stroke-width="1.5"{dash}/>')
+            if x.size <= 30:
+                self.add("".join(f'<circle cx="{u:.1f}" cy="{v:.1f}" r="2.5" fill="{ln.color}"/>'
+                                 for u, v in zip(px, py) if math.isfinite(v)))  # fmt: skip
+        if mark is not None:
+            mx = sx(mark[0])
+            self.add(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{box.top:.1f}" y2="{box.top + box.height:.1f}" '
+                     f'stroke="{COLORS[3]}" stroke-width="1" stroke-dasharray="4 3"/>')  # fmt: skip
+            self.text(mx + 4, box.top + 12, mark[1], fill=COLORS[3])
+        if legend and lines:
+            self.legend(box, [(ln.name, ln.color, ln.dashed) for ln in lines])
+
+    def legend(self, box: Box, entries: Sequence[tuple[str, str, bool]]) -> None:
+        """Entries (name, colour, dashed) flowed in rows under the panel's x-axis label."""
+        x, y = box.left, box.top + box.height + 52
+        for name, color, dashed in entries:
+            width = 28 + text_width(name)
+            if x > box.left and x + width > box.left + box.width:
+                x, y = box.left, y + 16
+            dash = ' stroke-dasharray="6 3"' if dashed else ""
+            self.add(f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="{y - 4:.1f}" y2="{y - 4:.1f}" '
+                     f'stroke="{color}" stroke-width="2"{dash}/>')  # fmt: skip
+            self.text(x + 22, y, name)
+            x += width + 12
+
+    @staticmethod
+    def legend_height(entries: Sequence[str], width: float) -> float:
+        """The height :meth:`legend` needs for these names in a panel ``width`` wide."""
+        rows, x = 1, 0.0
+        for name in entries:
+            w = 28 + text_width(name)
+            if x and x + w > width:
+                rows, x = rows + 1, 0.0
+            x += w + 12
+        return 16.0 * rows + 8
+
+    def heatmap(self, box: Box, data: np.ndarray, steps: np.ndarray, labels: Sequence[str], *, title: str,
+                what: str, log: bool, cmap: str = "viridis") -> None:  # fmt: skip
+        """Rows (layers) × steps (binned to MAX_POINTS) as one PNG image, with a colour bar."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            data = np.where(data > 0, np.log10(data), np.nan)
-    data = np.where(np.isfinite(data), data, np.nan)
-    if data.shape[1] > MAX_POINTS:
-        edges = np.linspace(0, data.shape[1], MAX_POINTS + 1).astype(int)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins stay NaN
-            data = np.stack([np.nanmean(data[:, a:b], axis=1) for a, b in itertools.pairwise(edges)], axis=1)
-    extent = (float(steps[0]) - 0.5, float(steps[-1]) + 0.5, len(labels) - 0.5, -0.5)
-    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", interpolation="nearest", cmap=cmap, extent=extent)
-    ax.set_yticks(range(len(labels)))
-    ax.set_yticklabels([escape_mathtext(name) for name in labels], fontsize=7)
-    ax.set_xlabel("step")
-    bar = fig.colorbar(image, ax=ax, pad=0.01)
-    bar.set_label(f"log10 {what}" if log else what, fontsize=8)
+            data = np.where(data > 0, np.log10(data), np.nan) if log else np.asarray(data, float)
+        data = np.where(np.isfinite(data), data, np.nan)
+        if data.shape[1] > MAX_POINTS:
+            edges = np.linspace(0, data.shape[1], MAX_POINTS + 1).astype(int)[:-1]
+            counts = np.add.reduceat(np.isfinite(data), edges, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                data = np.add.reduceat(np.nan_to_num(data), edges, axis=1) / np.where(counts, counts, np.nan)
+        finite = data[np.isfinite(data)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        bar = Box(box.left + box.width + 10, box.top, 12, box.height)
+        self._image(box, _colours((data - lo) / (hi - lo), cmap))
+        self._image(bar, _colours(np.linspace(1, 0, 64)[:, None], cmap))
+        sx = Scale(float(steps[0]) - 0.5, float(steps[-1]) + 0.5, box.left, box.left + box.width, integer=True)
+        self._frame(box)
+        self._xticks(box, sx)
+        row = box.height / len(labels)
+        for i, name in enumerate(labels):
+            self.text(box.left - 5, box.top + (i + 0.5) * row + 3.5, name, size=9, anchor="end")
+        sb = Scale(lo, hi, bar.top + bar.height, bar.top)
+        for t in linear_ticks(lo, hi):
+            self.text(bar.left + 16, sb(t) + 3.5, tick_text(t, spacing=nice(hi - lo)), size=9)
+        self.text(box.left + box.width / 2, box.top - 9, title, size=13, anchor="middle", font_weight="600")
+        self.text(bar.left + 6, bar.top - 6, f"log10 {what}" if log else what, size=9, anchor="middle")
+        self.text(box.left + box.width / 2, box.top + box.height + 34, "step", size=12, anchor="middle")
+
+    def bars(self, box: Box, edges: np.ndarray, counts: np.ndarray, *, title: str, xlabel: str) -> None:
+        """A histogram: ``counts`` between consecutive ``edges``."""
+        sx = Scale(*axis_range(edges, pad=0.0, least=0.5), box.left, box.left + box.width)
+        sy = Scale(0.0, float(max(counts.max(), 1)) * 1.05, box.top + box.height, box.top)
+        self._axes(box, sx, sy, title, "count", xlabel=xlabel, integer_x=False, title_size=11)
+        base = sy(0.0)
+        self.add("".join(
+            f'<rect x="{sx(a):.2f}" y="{sy(c):.2f}" width="{max(sx(b) - sx(a), 0.5):.2f}" height="{base - sy(c):.2f}" '
+            f'fill="{COLORS[0]}"/>' for a, b, c in zip(edges[:-1], edges[1:], counts) if c
+        ))  # fmt: skip
+
+    # -- pieces ----------------------------------------------------------------------
+    def _axes(self, box: Box, sx: Scale, sy: Scale, title: str, ylabel: str, *, xlabel: str = "step",
+              integer_x: bool = True, title_size: float = 13) -> None:  # fmt: skip
+        self._frame(box)
+        self._xticks(box, sx)
+        yt = log_ticks(sy.lo, sy.hi) if sy.log else linear_ticks(sy.lo, sy.hi)
+        spacing = 0.0 if sy.log else (yt[1] - yt[0] if len(yt) > 1 else abs(yt[0]) or 1.0)
+        for t in yt:
+            y = sy(t)
+            self.add(
+                f'<line x1="{box.left:.1f}" x2="{box.left + box.width:.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
+            )
+            self.text(box.left - 5, y + 4, tick_text(t, log=sy.log, spacing=spacing), anchor="end")
+        self.text(box.left + box.width / 2, box.top - 9, title, size=title_size, anchor="middle", font_weight="600")
+        self.text(box.left + box.width / 2, box.top + box.height + 34, xlabel, size=12, anchor="middle")
+        cy = box.top + box.height / 2
+        x = box.left - box.gutter - 8
+        self.text(x, cy, ylabel, size=12, anchor="middle", transform=f"rotate(-90 {x:.1f} {cy:.1f})")
+
+    def _frame(self, box: Box) -> None:
+        b = box.top + box.height
+        self.add(
+            f'<path d="M{box.left:.1f},{box.top:.1f}V{b:.1f}H{box.left + box.width:.1f}" fill="none" stroke="#57606a"/>'
+        )
+
+    def _xticks(self, box: Box, sx: Scale) -> None:
+        ticks = (
+            linear_ticks(math.ceil(sx.lo), math.floor(sx.hi), integer=True)
+            if sx.integer
+            else linear_ticks(sx.lo, sx.hi)
+        )
+        spacing = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+        b = box.top + box.height
+        for t in ticks:
+            x = sx(t)
+            self.add(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{b:.1f}" y2="{b + 4:.1f}" stroke="#57606a"/>')
+            self.text(x, b + 16, tick_text(t, spacing=spacing), anchor="middle")
+
+    def _band(self, px: np.ndarray, low: np.ndarray, high: np.ndarray, color: str) -> None:
+        for a, c in _runs(np.isfinite(low) & np.isfinite(high)):
+            pts = [f"{u:.1f},{v:.1f}" for u, v in zip(px[a:c], high[a:c])]
+            pts += [f"{u:.1f},{v:.1f}" for u, v in zip(px[a:c][::-1], low[a:c][::-1])]
+            self.add(f'<polygon points="{" ".join(pts)}" fill="{color}" fill-opacity="0.2"/>')
+
+    def _image(self, box: Box, rgba: np.ndarray) -> None:
+        uri = "data:image/png;base64," + base64.b64encode(png(rgba)).decode("ascii")
+        self.add(f'<image x="{box.left:.1f}" y="{box.top:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" '
+                 f'preserveAspectRatio="none" style="image-rendering:pixelated" href="{uri}"/>')  # fmt: skip
 
 
-@contextlib.contextmanager
-def figure(*, width: float = 7.0, height: float = 3.2) -> Iterator[Any]:
-    """A matplotlib Figure (no pyplot: no global state) under tracer's SVG settings.
-
-    Raises:
-        PlotsUnavailableError: matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise PlotsUnavailableError(f"plots need matplotlib: {INSTALL_HINT}") from None
-    with matplotlib.rc_context(
-        {
-            "svg.fonttype": "none",  # text stays text: small, searchable, selectable
-            "svg.hashsalt": "tracer",  # deterministic ids
-            "font.size": 9,
-            "axes.spines.top": False,
-            "axes.spines.right": False,
-            "path.simplify": True,
-        }
-    ):
-        yield Figure(figsize=(width, height), dpi=100)
+def _positive(y: np.ndarray) -> np.ndarray:
+    """A log axis shows positive values only: the others are gaps."""
+    y = np.asarray(y, dtype=float)
+    return np.where(y > 0, y, np.nan)
 
 
-_XML_HEAD = re.compile(r"^\s*<\?xml[^>]*\?>\s*(<!DOCTYPE[^>]*>\s*)?", re.DOTALL)
-_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
-# matplotlib's own `*{stroke-linejoin: round; ...}`: inline, it would style the whole page;
-# tracer._render.STYLESHEET says the same for the figures alone
-_STYLE = re.compile(r"<style[^>]*>.*?</style>\s*", re.DOTALL)
-_IDS = re.compile(r'(\bid=")([^"]+)(")|(url\(#)([^)]+)(\))|(xlink:href="#)([^"]+)(")')
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def to_svg(fig: Any, key: str) -> str:
-    """The figure as an SVG element ready to inline: no XML prolog, no stylesheet, ids made unique."""
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", pad_inches=0.05, metadata={"Date": None, "Creator": None})
-    text = _STYLE.sub("", _METADATA.sub("", _XML_HEAD.sub("", buffer.getvalue())))
-    prefix = f"tr{key}{hashlib.sha1(text.encode()).hexdigest()[:6]}-"
+def _colours(unit: np.ndarray, cmap: str) -> np.ndarray:
+    """RGBA bytes of values in [0, 1] through a matplotlib colormap; NaN is transparent."""
+    require_plots()
+    from matplotlib import colormaps
 
-    def rename(m: re.Match[str]) -> str:
-        for i in (1, 4, 7):
-            if m.group(i):
-                return f"{m.group(i)}{prefix}{m.group(i + 1)}{m.group(i + 2)}"
-        return m.group(0)  # pragma: no cover
+    rgba = colormaps[cmap](np.nan_to_num(np.clip(unit, 0, 1)), bytes=True)
+    rgba[~np.isfinite(unit)] = 0
+    return rgba
 
-    return _IDS.sub(rename, text).strip()
+
+def png(rgba: np.ndarray) -> bytes:
+    """An RGBA uint8 array (rows × columns × 4) as PNG bytes."""
+    rows, columns = rgba.shape[:2]
+    raw = b"".join(b"\x00" + bytes(row) for row in np.ascontiguousarray(rgba, dtype=np.uint8))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", columns, rows, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")

@@ -5,10 +5,11 @@ returns an SVG string, or None when the trace has nothing of its kind to draw (n
 rows, no gradients, ...). Given a ``Trace``, every plot reads from its cached statistics:
 drawing all of them reads the trace once.
 
-Plots need matplotlib (``pip install 'torch-tracer[plots]'``), imported only when a plot is
-drawn. Without it every plot function raises :class:`PlotsUnavailableError` (a
-``tracer.TracerError`` and an ``ImportError``) that says how to install it, and
-:func:`section` holds that line instead of the plots.
+The SVG is written directly (:mod:`tracer._plot_draw`: milliseconds per plot, where
+matplotlib's ``savefig`` took about 0.4 s); matplotlib (``pip install 'torch-tracer[plots]'``)
+colours the heatmaps and is imported only for them. Without it every plot function raises
+:class:`PlotsUnavailableError` (a ``tracer.TracerError`` and an ``ImportError``) that says
+how to install it, and :func:`section` holds that line instead of the plots.
 """
 
 from __future__ import annotations
@@ -17,21 +18,21 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tracer import _plot_data as data
 from tracer._plot_draw import (
+    COLORS,
     INSTALL_HINT,
     MAX_LINES,
     MAX_POINTS,
+    Box,
+    Chart,
+    Line,
     PlotsUnavailableError,
-    escape_mathtext,
-    figure,
-    heatmap,
     label,
-    line,
-    log_y,
-    per_layer,
-    to_svg,
+    require_plots,
+    text_width,
 )
 from tracer._render import Block, Figure, Para, Section, to_html_body
 from tracer._trace import Trace, TraceLike
@@ -46,6 +47,7 @@ __all__ = [
     "histogram_plot",
     "html_section",
     "loss_plot",
+    "metric_plot",
     "plots_available",
     "section",
     "update_ratio_plot",
@@ -61,8 +63,8 @@ def plots_available() -> bool:
             Path("loss.svg").write_text(tracer.plots.loss_plot("traces/run1"))
     """
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+        require_plots()
+    except PlotsUnavailableError:
         return False
     return True
 
@@ -84,32 +86,24 @@ def loss_plot(trace: TraceLike) -> str | None:
     Raises:
         PlotsUnavailableError: matplotlib is not installed.
     """
-    table = data.loss_table(Trace.open(trace))
+    opened = Trace.open(trace)
+    table = data.loss_table(opened)
     if table is None:
         return None
-    with figure() as fig:
-        ax = fig.subplots()
-        for i, name in enumerate(table.columns):
-            line(ax, table.index.to_numpy(), table[name].to_numpy(dtype=float), name, color=f"C{i}")
-        values = table.to_numpy(dtype=float)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
-            log_y(ax)
-        _mark_nonfinite(ax, data.first_nonfinite_loss(Trace.open(trace)))
-        if len(table.columns) > 1:
-            ax.legend(fontsize=7, loc="best", frameon=False)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title("Loss per step")
-        return to_svg(fig, "loss")
-
-
-def _mark_nonfinite(ax: Any, step: int | None) -> None:
-    """A dashed line at the first step whose loss is NaN or infinite (if any)."""
-    if step is not None:
-        ax.axvline(step, color="C3", linestyle="--", linewidth=1)
-        ax.annotate(f"non-finite from step {step}", (step, 0.95), xycoords=("data", "axes fraction"),
-                    color="C3", fontsize=8, ha="left", va="top")  # fmt: skip
+    require_plots()
+    names = [str(c) for c in table.columns]
+    lines = [Line(table.index.to_numpy(), table[c].to_numpy(dtype=float), n, COLORS[i % 10])
+             for i, (c, n) in enumerate(zip(table.columns, names))]  # fmt: skip
+    legend = Chart.legend_height(names, 620) if len(names) > 1 else 0
+    chart = Chart(700, 320 + legend)
+    values = table.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+    step = data.first_nonfinite_loss(opened)
+    mark = None if step is None else (float(step), f"non-finite from step {step}")
+    chart.lines(chart.box(legend=legend), lines, title="Loss per step", ylabel="loss", log=log, mark=mark,
+                legend=len(names) > 1)  # fmt: skip
+    return chart.svg()
 
 
 def grad_norm_plot(trace: TraceLike) -> str | None:
@@ -127,7 +121,7 @@ def grad_norm_plot(trace: TraceLike) -> str | None:
     table = data.layer_table(Trace.open(trace), "grad")
     if table is None:
         return None
-    return per_layer(table, "Gradient norm per layer", "‖g‖", "grad", log=True)
+    return per_layer(table, "Gradient norm per layer", "‖g‖", log=True)
 
 
 def update_ratio_plot(trace: TraceLike) -> str | None:
@@ -145,7 +139,29 @@ def update_ratio_plot(trace: TraceLike) -> str | None:
     ratio = data.ratio_table(Trace.open(trace))
     if ratio is None:
         return None
-    return per_layer(ratio, "Update / parameter ratio per layer", "‖Δθ‖/‖θ‖", "ratio", log=True, guide=1e-3)
+    return per_layer(ratio, "Update / parameter ratio per layer", "‖Δθ‖/‖θ‖", log=True, guide=1e-3)
+
+
+def per_layer(table: pd.DataFrame, title: str, ylabel: str, *, log: bool, guide: float | None = None) -> str:
+    """A step × layer table as one line per layer, or a heatmap for more than MAX_LINES layers."""
+    require_plots()
+    labels = [label(str(c)) for c in table.columns]
+    steps = table.index.to_numpy()
+    if len(labels) > MAX_LINES:
+        gutter = min(260.0, max(text_width(n, 9) for n in labels) + 8)
+        chart = Chart(700, max(250, 16 * len(labels) + 100))
+        box = chart.box(ylabels=gutter - 22)
+        box = Box(box.left, box.top, box.width - 60, box.height, box.gutter)
+        chart.heatmap(box, table.to_numpy(dtype=float).T, steps, labels, title=title, what=ylabel, log=log)
+        return chart.svg()
+    legend = Chart.legend_height(labels, 620)
+    chart = Chart(700, 320 + legend)
+    lines = [
+        Line(steps, table[c].to_numpy(dtype=float), n, COLORS[i % 10])
+        for i, (c, n) in enumerate(zip(table.columns, labels))
+    ]
+    chart.lines(chart.box(legend=legend), lines, title=title, ylabel=ylabel, log=log, guide=guide)
+    return chart.svg()
 
 
 def activation_plot(trace: TraceLike) -> str | None:
@@ -161,25 +177,80 @@ def activation_plot(trace: TraceLike) -> str | None:
     tables = data.activation_tables(Trace.open(trace))
     if tables is None:
         return None
+    require_plots()
     mean, std = tables
-    labels = [label(n) for n in mean.columns]
-    with figure(height=3.2, width=9.0) as fig:
-        ax_mean, ax_std = fig.subplots(1, 2)
-        if len(labels) <= MAX_LINES:
-            for i, name in enumerate(mean.columns):
-                steps = mean.index.to_numpy()
-                line(ax_mean, steps, mean[name].to_numpy(dtype=float), labels[i], color=f"C{i}")
-                line(ax_std, steps, std[name].to_numpy(dtype=float), labels[i], color=f"C{i}")
-            ax_std.legend(fontsize=7, loc="best", frameon=False)
-            ax_mean.set_xlabel("step")
-            ax_std.set_xlabel("step")
-        else:
-            heatmap(fig, ax_mean, mean, labels, "mean", log=False, cmap="coolwarm")
-            heatmap(fig, ax_std, std, labels, "std", log=True)
-        ax_mean.set_title("Activation mean")
-        ax_std.set_title("Activation std")
-        fig.tight_layout()
-        return to_svg(fig, "activations")
+    labels = [label(str(n)) for n in mean.columns]
+    steps = mean.index.to_numpy()
+    if len(labels) > MAX_LINES:
+        gutter = min(200.0, max(text_width(n, 9) for n in labels) + 8)
+        chart = Chart(900, max(250, 16 * len(labels) + 100))
+        for i, (table, what, log, cmap) in enumerate(
+            ((mean, "mean", False, "coolwarm"), (std, "std", True, "viridis"))
+        ):
+            box = chart.box(450 * i, 0, 450, ylabels=gutter - 22)
+            box = Box(box.left, box.top, box.width - 60, box.height, box.gutter)
+            chart.heatmap(box, table.to_numpy(dtype=float).T, steps, labels, title=f"Activation {what}", what=what,
+                          log=log, cmap=cmap)  # fmt: skip
+        return chart.svg()
+    legend = Chart.legend_height(labels, 820)
+    chart = Chart(900, 320 + legend)
+    for i, (table, what) in enumerate(((mean, "mean"), (std, "std"))):
+        lines = [
+            Line(steps, table[c].to_numpy(dtype=float), n, COLORS[j % 10])
+            for j, (c, n) in enumerate(zip(table.columns, labels))
+        ]
+        box = chart.box(450 * i, 0, 450, legend=legend)
+        chart.lines(
+            box, lines, title=f"Activation {what}", ylabel=what, log=what == "std" and _positive(table), legend=False
+        )
+    full = chart.box(0, 0, 900, legend=legend)
+    chart.legend(full, [(n, COLORS[j % 10], False) for j, n in enumerate(labels)])
+    return chart.svg()
+
+
+def _positive(table: pd.DataFrame) -> bool:
+    values = table.to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return bool(values.size and values.min() > 0 and values.max() / values.min() > 100)
+
+
+def metric_plot(trace: TraceLike) -> str | None:
+    """The numbers logged with ``run.log`` over steps, one small panel per name, as SVG.
+
+    Example::
+
+        svg = tracer.plots.metric_plot("traces/run1")   # accuracy, lr, ... per step
+
+    Raises:
+        PlotsUnavailableError: matplotlib is not installed.
+    """
+    table = data.metric_table(Trace.open(trace))
+    if table is None:
+        return None
+    require_plots()
+    return small_multiples(
+        [(str(c), [Line(table.index.to_numpy(), table[c].to_numpy(dtype=float), str(c))]) for c in table.columns]
+    )
+
+
+def small_multiples(
+    panels: list[tuple[str, list[Line]]], *, columns: int = 2, legend: list[tuple[str, str, bool]] | None = None
+) -> str:
+    """Panels (title, lines) in a grid ``columns`` wide, each with its own y axis (log when its
+    positive values span more than 100×); one shared legend under them."""
+    width, height = 700 / columns, 230 if columns > 1 else 320
+    rows = -(-len(panels) // columns)
+    extra = Chart.legend_height([e[0] for e in legend], 620) if legend else 0
+    chart = Chart(700, rows * height + extra)
+    for i, (title, lines) in enumerate(panels):
+        box = chart.box((i % columns) * width, (i // columns) * height, width, height)
+        values = np.concatenate([np.asarray(ln.y, float) for ln in lines]) if lines else np.zeros(0)
+        finite = values[np.isfinite(values)]
+        log = bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+        chart.lines(box, lines, title=title, ylabel="", log=log, legend=False)
+    if legend:
+        chart.legend(Box(60, rows * height + 14 - 52, 620, 0), legend)
+    return chart.svg()
 
 
 def histogram_plot(trace: TraceLike, *, kind: str, name: str, step: int, call: int = 0, part: str = "") -> str:
@@ -201,19 +272,16 @@ def histogram_plot(trace: TraceLike, *, kind: str, name: str, step: int, call: i
 
 
 def _histogram(values: np.ndarray, where: str) -> str:
+    require_plots()
     of = "value"
     if np.iscomplexobj(values):  # a histogram of |z|, as the statistics of complex tensors are
         values, of = np.abs(values), "|z|"
-    finite = values[np.isfinite(values)]
-    with figure(height=2.8) as fig:
-        ax = fig.subplots()
-        if finite.size:
-            ax.hist(finite, bins=min(50, max(5, int(math.sqrt(finite.size)))), color="C0")
-        note = f", {values.size - finite.size} non-finite not shown" if finite.size < values.size else ""
-        ax.set_title(escape_mathtext(f"Histogram of {where}: {values.size} values{note}"), fontsize=9)
-        ax.set_xlabel(of)
-        ax.set_ylabel("count")
-        return to_svg(fig, "hist")
+    finite = values[np.isfinite(values)].astype(np.float64)
+    chart = Chart(700, 280)
+    counts, edges = np.histogram(finite, bins=min(50, max(5, int(math.sqrt(finite.size)))) if finite.size else 1)
+    note = f", {values.size - finite.size} non-finite not shown" if finite.size < values.size else ""
+    chart.bars(chart.box(), edges, counts, title=f"Histogram of {where}: {values.size} values{note}", xlabel=of)
+    return chart.svg()
 
 
 # --------------------------------------------------------------------------- the page's section
@@ -223,6 +291,7 @@ _PLOTS = (
     ("grad-norm", "Gradient norm per layer", "gradients", grad_norm_plot),
     ("update-ratio", "Update / parameter ratio ‖Δθ‖/‖θ‖ per layer (about 1e-3 is usual)", "updates", update_ratio_plot),
     ("activations", "Activation mean and std per module", "activations", activation_plot),
+    ("metrics", "Logged metrics (run.log) per step", "", metric_plot),
 )
 
 
@@ -249,10 +318,13 @@ def section(trace: TraceLike, *, histogram: dict[str, Any] | None = None) -> Sec
     opened = Trace.open(trace)
     blocks: list[Block] = []
     missing = []
-    for key, caption, what, draw in _PLOTS:
+    steps = data.steps(opened)
+    if len(steps) == 1:  # a line over one step is a dot: say so instead
+        blocks.append(Para(f"One step traced (step {steps[0]}): nothing to plot over steps; its numbers are below."))
+    for key, caption, what, draw in _PLOTS if len(steps) > 1 else ():
         svg = draw(opened)
         if svg is None:
-            missing.append(what)
+            missing += [what] if what else []
         else:
             blocks.append(Figure(svg, caption, key=key))
     blocks += _histogram_blocks(opened, histogram)

@@ -34,6 +34,7 @@ from tracer._escape import (
     escape_markdown,
     escape_text,
 )
+from tracer._mathml import mathml as _mathml
 
 TONES = ("", "ok", "bad", "warn", "muted")
 """How a paragraph or a table cell is coloured in HTML: ✓ green, ✗ red, a warning amber,
@@ -221,11 +222,12 @@ body.tracer{max-width:60rem;margin:2rem auto;padding:0 1rem}
 .tracer h3{font-size:1.05rem;margin-bottom:.3rem}
 .tracer pre,.tracer code{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92em}
 .tracer pre.rule,.tracer div.rule{background:#f6f8fa;border-left:3px solid #0969da;padding:.5rem .8rem;white-space:pre-wrap}
-.tracer div.rule math{display:block;text-align:left;margin:.15rem 0;font-size:1.1em}
+.tracer div.rule math{display:block;text-align:left;margin:.15rem 0;font-size:1.1em;
+font-family:"STIX Two Math","Latin Modern Math","Cambria Math",math}
 .tracer ul.arith{list-style:none;padding-left:.8rem}.tracer table{border-collapse:collapse;margin:.5rem 0}
 .tracer td,.tracer th{border:1px solid #d0d7de;padding:.2rem .6rem;text-align:right}.tracer th{background:#f6f8fa}
 .tracer table.left td,.tracer table.left th{text-align:left;vertical-align:top}
-.tracer details{margin:.2rem 0 .6rem}.tracer summary{cursor:pointer;color:#57606a;font-size:.85em}
+.tracer details{margin:.2rem 0 .6rem}.tracer details>pre{white-space:pre-wrap;overflow-wrap:anywhere}.tracer summary{cursor:pointer;color:#57606a;font-size:.85em}
 .tracer details.section>summary{color:inherit;font-size:1em}.tracer details.section>summary>h2{display:inline}
 .tracer .ok{color:#1a7f37}.tracer .bad{color:#cf222e;font-weight:600}.tracer .warn{color:#9a6700}
 .tracer .muted{color:#57606a}.tracer td.ok,.tracer td.bad,.tracer td.warn,.tracer td.muted{font-weight:600;white-space:nowrap}
@@ -253,11 +255,11 @@ def _class(*names: str) -> str:
     return f' class="{html.escape(shown)}"' if shown else ""
 
 
-def _html_section(b: Section) -> str:
+def _html_section(b: Section, mathml: bool = True) -> str:
     tag = f"h{b.level}"
     return (
         f"<details{_class('section', b.cls)}{' open' if b.open else ''}><summary><{tag}>{_esc(b.title)}</{tag}></summary>"
-        + to_html_body(b.blocks)
+        + _body(b.blocks, mathml)
         + "</details>"
     )
 
@@ -286,14 +288,14 @@ def _html_table(b: Table) -> str:
     return f"<table{_class('left' if b.align == 'left' else '')}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _html_formula(b: Formula) -> str:
-    mathml = _mathml(b.latex)
-    shown = (
+def _html_formula(b: Formula, mathml: bool = True) -> str:
+    shown = _mathml(b.latex) if mathml else None
+    html_math = (
         f'<pre class="rule">{_esc(b.text)}</pre>'
-        if mathml is None
-        else f'<div class="rule" role="math" aria-label="{_esc(b.text)}">{mathml}</div>'
+        if shown is None
+        else f'<div class="rule" role="math" aria-label="{_esc(b.text)}">{shown}</div>'
     )
-    return shown + f"\n<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>"
+    return html_math + f"\n<details><summary>LaTeX</summary><pre>{_esc(b.latex)}</pre></details>"
 
 
 def _html_figure(b: Figure) -> str:
@@ -314,25 +316,26 @@ _HTML = {
 
 
 def to_html_body(blocks: Sequence[Block]) -> str:
-    """The blocks as HTML elements, without a page or a stylesheet around them."""
-    return "\n".join(_HTML[type(b)](b) for b in blocks)
+    """The blocks as HTML elements, without a page or a stylesheet around them. One math style
+    per page: every formula is MathML, or (no ``latex2mathml``, or one fails) Unicode text."""
+    return _body(blocks, all(_mathml(f.latex) is not None for f in _formulas(blocks)))
 
 
-def _mathml(latex: str) -> str | None:
-    """The formula as MathML, one ``<math>`` per line (browsers render it natively), or None
-    without the optional ``latex2mathml`` package (``pip install 'torch-tracer[math]'``)."""
-    if not latex:
-        return None
-    try:
-        from latex2mathml.converter import convert
-    except ImportError:
-        return None
-    body = re.sub(r"^\\begin\{aligned\}|\\end\{aligned\}$", "", latex.strip())
-    lines = [line.replace("&", "").strip() for line in body.split(r"\\")]
-    try:
-        return "".join(convert(line, display="block") for line in lines if line)
-    except Exception:
-        return None
+def _body(blocks: Sequence[Block], mathml: bool) -> str:
+    def one(b: Block) -> str:
+        if isinstance(b, (Formula, Section)):
+            return _html_formula(b, mathml) if isinstance(b, Formula) else _html_section(b, mathml)
+        return _HTML[type(b)](b)
+
+    return "\n".join(map(one, blocks))
+
+
+def _formulas(blocks: Sequence[Block]) -> list[Formula]:
+    return [
+        f
+        for b in blocks
+        for f in ([b] if isinstance(b, Formula) else _formulas(b.blocks) if isinstance(b, Section) else [])
+    ]
 
 
 def to_html(blocks: Sequence[Block], title: str) -> str:

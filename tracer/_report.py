@@ -2,29 +2,25 @@
 
 >>> rep = tracer.report("traces/walkthrough")          # doctest: +SKIP
 >>> print(rep)                                          # doctest: +SKIP
-...  weight[0,1]: 1 − 0.01 · (−20) = 1.2
+...  w₂ (weight[0,1]): 1 − 0.01 · (−20) = 1.2
 >>> rep.to_frame()[["step", "name", "matches"]]         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from tracer._checks import UpdateCheck, check_updates
-from tracer._explain import may_walk, walkthroughs
-from tracer._render import Block, Formula, Heading, Items, Para, Raw, Section, Table
+from tracer._explain import Walk, may_walk, too_large, walkthroughs
+from tracer._render import Block, Formula, Heading, Para, Raw, Section
 from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
-from tracer._render import to_text as _to_text
+from tracer._report_update import step_table, summary_table, update_blocks, update_stage
 from tracer._trace import NameFilter, StepFilter, Trace, TraceLike, filter_frame
-from tracer.rules._base import num
 
 FRAME_COLUMNS = [
     "step", "name", "optimizer", "rule", "latex", "hparams", "predicted", "observed",
@@ -53,6 +49,7 @@ def report(
     Example::
 
         rep = tracer.report("traces/run1")
+        print(rep)                                   # compact text: rules once, one line per update
         rep.to_frame().query("matches == False")
         Path("report.html").write_text(rep.to_html())
 
@@ -67,12 +64,17 @@ def report(
     """
     opened = Trace.open(trace)
     checks = check_updates(opened, optimizers=tuple(optimizers or ()), step=step, name=name)
-    walk = name is None and may_walk(opened.meta.parameters, max_elements)
     rows = opened.stats if step is None else opened.rows(step=step, columns=_STEP_COLUMNS)
-    walks = walkthroughs(opened, rows, max_elements) if walk else {}
+    if name is not None:
+        no_walk: str | None = "a name filter selects only some parameters, and a walkthrough works the whole model"
+    elif not may_walk(opened.meta.parameters, max_elements):
+        no_walk = too_large(max_elements)
+    else:
+        no_walk = None
+    walks = walkthroughs(opened, rows, max_elements) if no_walk is None else {}
     steps = sorted({int(s) for s in rows["step"]})
     return Report(checks, walks, steps, source=opened.source, max_elements=max_elements,
-                  skipped=_skipped(opened, step, name), trace=opened)  # fmt: skip
+                  skipped=_skipped(opened, step, name), trace=opened, no_walk=no_walk)  # fmt: skip
 
 
 def _skipped(trace: Trace, step: StepFilter, name: NameFilter) -> dict[int, str]:
@@ -85,31 +87,35 @@ def _skipped(trace: Trace, step: StepFilter, name: NameFilter) -> dict[int, str]
 
 
 class Report:
-    """The explained, checked updates of a trace. Render with ``str()``, ``to_markdown()``,
-    ``to_html()`` or ``to_latex()``; get the numbers with ``to_frame()``."""
+    """The explained, checked updates of a trace. Render with ``str()`` / ``to_text()`` (compact
+    plain text), ``to_markdown()``, ``to_html()`` or ``to_latex()``; get the numbers with
+    ``to_frame()``."""
 
     def __init__(
         self,
         checks: list[UpdateCheck],
-        walkthroughs: dict[int, list[str]],
+        walkthroughs: dict[int, Walk | str],
         steps: list[int],
         *,
         source: str,
         max_elements: int,
         skipped: dict[int, str] | None = None,
         trace: Trace | None = None,
+        no_walk: str | None = None,
     ) -> None:
         self.checks = checks
-        self.walkthroughs = walkthroughs
+        self.walkthroughs = walkthroughs  # step -> Walk, or the one-sentence reason there is none
         self.steps = steps
         self.source = source
         self.max_elements = max_elements
         self.skipped = skipped or {}  # step -> optimizer whose step a GradScaler skipped
         self.trace = trace  # for the findings and plots of the HTML page
+        self.no_walk = no_walk  # why no step is worked by hand (None: see walkthroughs)
 
     # -- numbers ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        """One row per (step, parameter) update; see ``FRAME_COLUMNS``."""
+        """One row per (step, parameter) update; see ``FRAME_COLUMNS``. A missing text
+        (``check``, ``reason``, …) is None, never NaN."""
         records = []
         for c in self.checks:
             # fmt: off
@@ -137,54 +143,76 @@ class Report:
             "unchecked": sum(c.matches is None for c in self.checks),
         }
 
+    def summary(self) -> str:
+        """The report's first sentence: steps, updates, optimizers and verdicts."""
+        n = self.counts
+        optimizers = sorted({c.optimizer for c in self.checks if c.optimizer is not None})
+        return (
+            f"{len(self.steps)} step(s), {len(self.checks)} update(s)"
+            + (f" by {', '.join(optimizers)}" if optimizers else "")
+            + f": ✓ {n['matched']} match their rule, ✗ {n['differ']} differ, "
+            f"– {n['unchecked']} could not be checked."
+        )
+
+    def _by_step(self) -> dict[int, list[UpdateCheck]]:
+        out: dict[int, list[UpdateCheck]] = {}
+        for c in self.checks:
+            out.setdefault(c.step, []).append(c)
+        return out
+
+    def _walked(self) -> list[int]:
+        """The steps worked by hand, ascending."""
+        return sorted(s for s, w in self.walkthroughs.items() if isinstance(w, Walk))
+
+    def _why_not_walked(self) -> list[str]:
+        """One sentence per reason a step is not worked by hand (with the steps it covers)."""
+        if self.no_walk is not None:
+            return [f"No walkthrough: {self.no_walk}."] if self.steps else []
+        reasons: dict[str, list[int]] = {}
+        for step, walk in self.walkthroughs.items():
+            if isinstance(walk, str):
+                reasons.setdefault(walk, []).append(step)
+        return [f"No walkthrough of {spans(steps)}: {reason}." for reason, steps in reasons.items()]
+
+    def _walk_blocks(self, step: int, checks: list[UpdateCheck]) -> list[Block]:
+        """The four stages of a step worked by hand (empty when it is not)."""
+        walk = self.walkthroughs.get(step)
+        if not isinstance(walk, Walk):
+            return []
+        return [*walk.blocks, *update_stage(checks, self.max_elements, walk.aliases)]
+
     # -- renderings -------------------------------------------------------------
     COMPACT_AFTER = 400
     """Above this many updates, each rule is written once and steps become tables."""
 
     def blocks(self, *, extras: bool = False) -> list[Block]:
         """The report as renderer-neutral blocks; ``extras`` adds findings and plots (HTML)."""
-        n = self.counts
-        out: list[Block] = [Heading(1, f"tracer report: {self.source}")]
-        optimizers = sorted({c.optimizer for c in self.checks if c.optimizer is not None})
-        out.append(
-            Para(
-                f"{len(self.steps)} step(s), {len(self.checks)} update(s)"
-                + (f" by {', '.join(optimizers)}" if optimizers else "")
-                + f": ✓ {n['matched']} match their rule, ✗ {n['differ']} differ, "
-                f"– {n['unchecked']} could not be checked."
-            )
-        )
+        out: list[Block] = [Heading(1, f"tracer report: {self.source}"), Para(self.summary())]
         if extras:
             out += self._extras()
+        out += [Para(text, tone="muted") for text in self._why_not_walked()]
         compact = len(self.checks) > self.COMPACT_AFTER
         if compact:
             out += self._rules_once()
-        by_step: dict[int, list[UpdateCheck]] = {}
-        for c in self.checks:
-            by_step.setdefault(c.step, []).append(c)
+        by_step = self._by_step()
         shown = 0
         for step in self.steps:
             checks = by_step.get(step, [])
-            if not checks and step not in self.walkthroughs and step not in self.skipped:
+            walk = self._walk_blocks(step, checks)
+            if not checks and not walk and step not in self.skipped:
                 continue
             body: list[Block] = []
             if step in self.skipped:
-                body.append(
-                    Para(
-                        f"⚠ The GradScaler skipped {self.skipped[step]}.step() at this step: the "
-                        "gradients held inf/NaN, so no parameter was updated."
-                    )
-                )
-            walk = self.walkthroughs.get(step)
+                body.append(Para(skipped_text(self.skipped[step]), tone="warn"))
             if walk:
-                body += _walk_blocks(walk)
-            if checks and compact:
-                body.append(_step_table(checks))
+                body += walk
+            elif checks and compact:
+                body.append(step_table(checks))
             elif checks:
                 body.append(Para("Each parameter's update, by its optimizer's rule:", lead="Updates."))
                 for c in checks:
-                    body += self._update_blocks(c)
-                table = _summary_table(checks, self.max_elements)
+                    body += update_blocks(c, self.max_elements)
+                table = summary_table(checks, self.max_elements)
                 if table is not None:
                     body += [Para("Summary of the step:"), table]
             bad = any(c.matches is False for c in checks)
@@ -213,48 +241,16 @@ class Report:
                     Formula(c.rule, c.latex or "")]  # fmt: skip
         return out
 
-    def _update_blocks(self, c: UpdateCheck) -> list[Block]:
-        status = _status(c)
-        out: list[Block] = [Heading(3, f"{c.name} ({c.optimizer or 'no optimizer'}{_group(c)}): {status}")]
-        rule = c.rule_object
-        if c.rule is not None and rule is not None:
-            via = f" (the rule of {c.rule_class}, its base class)" if c.rule_class != c.optimizer else ""
-            out.append(Formula(c.rule, c.latex or ""))
-            shown = [
-                _show_hparam(sym, k, c.hparams[k])
-                for k, sym in rule.symbols.items()
-                if k in c.hparams and any(part.strip() in c.rule for part in sym.split(","))
-            ]
-            if shown or via:
-                out.append(Para("with " + ", ".join(shown) + via if shown else via.strip()))
-            if rule.note:
-                out.append(Para(rule.note))
-        if c.reason and c.matches is None:
-            out.append(Para(f"Not checked: {c.reason}."))
-        elif c.reason:
-            out.append(Para(c.reason))
-        numel = int(np.prod(c.shape)) if c.shape else 1
-        if c.param is not None and rule is not None and numel <= self.max_elements:
-            lines = _element_lines(c, rule)
-            if lines:
-                out.append(Items(tuple(lines), code=True))
-        else:
-            ratio = c.update_ratio
-            out.append(
-                Para(
-                    f"‖g‖ = {num(c.norms.get('grad', math.nan))}, ‖Δθ‖ = {num(c.norms.get('update', math.nan))}, "
-                    f"‖θ‖ = {num(c.norms.get('param', math.nan))}, ‖Δθ‖/‖θ‖ = {num(ratio)}"
-                    + (f", max |predicted − observed| = {num(c.max_abs_error)}" if c.max_abs_error is not None else "")
-                )
-            )
-        return out
-
     def to_text(self) -> str:
-        """Plain text (what ``str(report)`` gives)."""
-        return _to_text(self.blocks())
+        """Compact plain text for a terminal (what ``str(report)`` gives): the step worked
+        by hand where the model is small, each rule once per optimizer and param group,
+        then one line per update with ✓/✗, the error and the norms."""
+        from tracer._report_text import to_text
+
+        return to_text(self)
 
     def to_markdown(self) -> str:
-        """Markdown, with each rule also as a ``$$`` LaTeX block."""
+        """Markdown, every step in full, with each rule also as a ``$$`` LaTeX block."""
         return _to_markdown(self.blocks())
 
     def to_html(self, *, findings: bool = True) -> str:
@@ -282,119 +278,22 @@ class Report:
         return to_html_body(self.blocks())
 
 
+def skipped_text(optimizer: str) -> str:
+    return (f"⚠ The GradScaler skipped {optimizer}.step() at this step: the gradients held inf/NaN, so no "
+            "parameter was updated.")  # fmt: skip
+
+
+def spans(steps: Iterable[int]) -> str:
+    """``"step 3"``, ``"steps 0–4, 7"``: steps as ranges."""
+    ordered = sorted(set(steps))
+    parts, start = [], None
+    for i, s in enumerate(ordered):
+        start = s if start is None else start
+        if i + 1 == len(ordered) or ordered[i + 1] != s + 1:
+            parts.append(str(s) if s == start else f"{start}–{s}")
+            start = None
+    return ("step " if len(ordered) == 1 else "steps ") + ", ".join(parts)
+
+
 def _tolist(values: np.ndarray | None) -> list[float] | None:
     return None if values is None else values.tolist()
-
-
-def _status(c: UpdateCheck) -> str:
-    if c.matches is True:
-        how = "its rule" if c.check == "rule" else "a replay of the optimizer"
-        return f"✓ matches the traced update (checked by {how}, max error {num(c.max_abs_error or 0.0)})"
-    if c.matches is False:
-        how = "rule" if c.check == "rule" else "replay"
-        return f"✗ differs from the traced update (by the {how}: max error {num(c.max_abs_error or math.inf)})"
-    return "– not checked"
-
-
-def _show_hparam(symbol: str, key: str, value: Any) -> str:
-    """``γ = 0.01 (lr)``; a pair such as betas: ``β₁ = 0.9, β₂ = 0.999 (betas)``."""
-    symbols = [part.strip() for part in symbol.split(",")]
-    if isinstance(value, (list, tuple)) and len(value) == len(symbols) > 1:
-        return ", ".join(f"{s} = {_hparam(v)}" for s, v in zip(symbols, value)) + f" ({key})"
-    return f"{symbol} = {_hparam(value)} ({key})"
-
-
-def _hparam(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    return num(value)
-
-
-def _group(c: UpdateCheck) -> str:
-    return f", param group {c.param_group}" if c.param_group else ""
-
-
-def _label(name: str, shape: tuple[int, ...], flat: int) -> str:
-    if not shape:
-        return name
-    return f"{name}[{','.join(str(i) for i in np.unravel_index(flat, shape))}]"
-
-
-def _element_lines(c: UpdateCheck, rule: Any) -> list[str]:
-    if c.param is None:
-        return []
-    param = c.param.reshape(-1)
-    grad = None if c.grad is None else c.grad.reshape(-1)
-    lines = []
-    for i in range(param.size):
-        state = {}
-        for key, value in c.state.items():
-            flat = value.reshape(-1)
-            if flat.size == param.size:
-                state[key] = float(flat[i])
-            elif flat.size == 1:
-                state[key] = float(flat[0])
-        try:
-            lines += rule.explain(
-                _label(c.name, c.shape, i),
-                float(param[i]),
-                None if grad is None else float(grad[i]),
-                state,
-                c.rule_hparams,
-            )
-        except Exception:
-            return []
-    return lines
-
-
-def _summary_table(checks: list[UpdateCheck], max_elements: int) -> Table | None:
-    rows = []
-    for c in checks:
-        if c.param is None or c.param.size > max_elements:
-            continue
-        param = c.param.reshape(-1)
-        grad = c.grad.reshape(-1) if c.grad is not None else None
-        new = np.asarray(c.observed)
-        for i in range(param.size):
-            rows.append((_label(c.name, c.shape, i), num(param[i]), "–" if grad is None else num(grad[i]), num(new[i])))
-    if not rows:
-        return None
-    return Table(("parameter", "old value", "gradient", "new value"), tuple(rows))
-
-
-def _step_table(checks: list[UpdateCheck]) -> Table:
-    rows = []
-    for c in checks:
-        mark = {True: "✓", False: "✗", None: "–"}[c.matches]
-        ratio = c.update_ratio
-        rows.append(
-            (c.name, f"{mark} {c.check or c.reason or ''}"[:80], num(c.max_abs_error) if c.max_abs_error is not None else "–",
-             num(c.norms.get("grad", math.nan)), num(c.norms.get("update", math.nan)), num(ratio))
-        )  # fmt: skip
-    return Table(("parameter", "check", "max error", "‖g‖", "‖Δθ‖", "‖Δθ‖/‖θ‖"), tuple(rows))
-
-
-def _walk_blocks(lines: list[str]) -> list[Block]:
-    """The walkthrough's lines (``- `` items, ``**Lead.**`` paragraphs) as blocks."""
-    out: list[Block] = []
-    items: list[str] = []
-    for line in lines:
-        if line.startswith("- "):
-            items.append(line[2:])
-            continue
-        if items:
-            out.append(Items(tuple(items), code=True))
-            items = []
-        out.append(_para(line))
-    if items:
-        out.append(Items(tuple(items), code=True))
-    return out
-
-
-_LEAD = re.compile(r"\*\*(.+?)\*\* ?")
-
-
-def _para(line: str) -> Para:
-    """A walkthrough line as a paragraph, its ``**Lead.**`` (if any) as the bold lead-in."""
-    lead = _LEAD.match(line)
-    return Para(line[lead.end() :], lead=lead.group(1)) if lead else Para(line)

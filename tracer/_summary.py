@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tracer._reader import data_files
 from tracer._render import escape_text
 from tracer._schema import KINDS
 from tracer._series import NonFinite, Series, series
@@ -30,7 +31,8 @@ def summarize(trace: TraceLike) -> dict[str, Any]:
     opened = Trace.open(trace)
     s = series(opened)
     rows, meta = s.stats, opened.meta
-    files = [f for f in opened.path.rglob("*") if f.is_file()] if opened.path is not None else []
+    files = data_files(opened.path) if opened.path is not None else []
+    on_disk = [f for f in opened.path.rglob("*") if f.is_file()] if opened.path is not None else []
     present = set(rows["kind"].unique())
     kinds = [k for k in KINDS if k in present]
     return {
@@ -41,12 +43,13 @@ def summarize(trace: TraceLike) -> dict[str, Any]:
         "steps": s.steps,
         "ranks": sorted(int(r) for r in rows["rank"].unique()),
         "rows": len(rows),
-        "files": len(files),
-        "bytes": sum(f.stat().st_size for f in files),
+        "files": len(files),  # data files (part-*.parquet); bytes: everything in the directory
+        "bytes": sum(f.stat().st_size for f in on_disk),
         "kinds": {k: int((rows["kind"] == k).sum()) for k in kinds},
         "names": {k: [str(n) for n in rows.loc[rows["kind"] == k, "name"].unique()] for k in kinds},
         "loss": _loss(s),
         "parameters": _norms(s),
+        "metrics": _metrics(s),
         "first_nonfinite": _nonfinite(s.first_nonfinite),
         "nonfinite_not_counted": int((rows["nonfinite"] > 0).sum()) - len(s.nonfinite),
         "skipped_steps": sorted(s.skipped),
@@ -82,6 +85,25 @@ def _norms(s: Series) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def _metrics(s: Series) -> list[dict[str, Any]]:
+    """Per name logged with ``run.log``: how many steps, the first and last value, the smallest and largest."""
+    lead = s.lead
+    rows = lead[lead["kind"] == "metric"].drop_duplicates(["step", "name"], keep="last")
+    out = []
+    for name, group in rows.groupby("name", sort=False):
+        values = group["mean"].to_numpy(dtype=np.float64)
+        steps = group["step"].to_numpy()
+        finite = np.isfinite(values)
+        low = int(np.nanargmin(values)) if finite.any() else None
+        high = int(np.nanargmax(values)) if finite.any() else None
+        out.append({
+            "name": str(name), "steps": len(values), "first": float(values[0]), "last": float(values[-1]),
+            "min": math.nan if low is None else float(values[low]), "min_step": None if low is None else int(steps[low]),
+            "max": math.nan if high is None else float(values[high]), "max_step": None if high is None else int(steps[high]),
+        })  # fmt: skip
+    return out
+
+
 def _nonfinite(found: NonFinite | None) -> dict[str, Any] | None:
     if found is None:
         return None
@@ -114,7 +136,9 @@ def format_summary(s: dict[str, Any]) -> str:
     if len(s["ranks"]) > 1:
         step_text += f", ranks {', '.join(map(str, s['ranks']))} (norms and loss: rank {s['ranks'][0]})"
     lines.append(f"steps      {step_text}")
-    lines.append(f"rows       {s['rows']}; {s['files']} file(s), {_bytes(s['bytes'])} on disk")
+    files = f"{s['files']} data file" + ("" if s["files"] == 1 else "s")
+    on_disk = f"; {files}, {_bytes(s['bytes'])} on disk" if s["path"] != "DataFrame" else ""
+    lines.append(f"rows       {s['rows']}{on_disk}")
     lines.append("kinds      " + (", ".join(f"{k} {n}" for k, n in s["kinds"].items()) or "none"))
     if s["names"]:
         lines.append("names")
@@ -138,7 +162,19 @@ def format_summary(s: dict[str, Any]) -> str:
         for p in s["parameters"]:
             rows.append([_name(p["name"]), _norm_text(p.get("grad")), _norm_text(p.get("update"))])
         lines += _table(["parameter", "grad norm", "update norm"], rows)
+    if s.get("metrics"):
+        lines += ["", "logged metrics (run.log; first / last / smallest at step / largest at step)"]
+        table = [
+            [_name(m["name"]), m["steps"], f"{_num(m['first'])} / {_num(m['last'])}", _at(m["min"], m["min_step"]),
+             _at(m["max"], m["max_step"])]
+            for m in s["metrics"]
+        ]  # fmt: skip
+        lines += _table(["name", "steps", "first / last", "smallest", "largest"], table)
     return "\n".join(lines)
+
+
+def _at(value: float, step: int | None) -> str:
+    return _num(value) + ("" if step is None else f" (step {step})")
 
 
 def _loss_lines(entries: list[dict[str, Any]]) -> list[str]:

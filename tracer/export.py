@@ -17,9 +17,16 @@ trace):
   and ``update_ratio/NAME`` = ‖Δθ‖ / ‖θ‖;
 - ``total/grad_norm``, ``total/update_norm``, ``total/param_norm``: over all parameters;
 - ``lr/OPTIMIZER/groupG``: each param group's learning rate, as traced;
+- ``metric/NAME``: each number logged with ``run.log({"NAME": value})``;
 - histograms ``hist/KIND/NAME`` of the ``param``, ``grad`` and ``update`` rows whose values
   are stored (tensors of at most ``max_values`` elements); other kinds on request
   (``hist/activation/NAME[/PART]``, the root module is ``(root)``).
+
+Live: with ``follow=True`` an export keeps reading a trace that is still being written and
+writes each step once, as it finishes, until the trace is complete (``_tracer.json`` says so);
+TensorBoard (or W&B) then shows the run as it trains. Ctrl-C stops it; what was written stays.
+
+>>> tracer.export.to_tensorboard("traces/run1", "runs/run1", follow=True)  # doctest: +SKIP
 
 Needs ``pip install 'torch-tracer[tensorboard]'`` / ``pip install 'torch-tracer[wandb]'``.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,7 +48,9 @@ from tracer._export_cli import (
     cmd_export_tensorboard,
     cmd_export_wandb,
 )
-from tracer._export_series import HISTOGRAM_KINDS, Series, records, series
+from tracer._export_series import HISTOGRAM_KINDS, Series, StepRecord, records, series
+from tracer._follow import DEFAULT_POLL, follow_path
+from tracer._follow import follow as follow_batches
 from tracer._trace import Trace, TraceLike
 
 __all__ = [
@@ -58,8 +68,24 @@ __all__ = [
 # --------------------------------------------------------------------------- TensorBoard
 
 
+def _batches(
+    trace: TraceLike, histograms: bool | Iterable[str], follow: bool, poll: float
+) -> Iterator[Iterable[StepRecord]]:
+    """What an exporter writes, in batches: one (read lazily) for a finished trace; with
+    ``follow``, one per look at a trace being written, each step in exactly one."""
+    if follow:
+        follow_path(trace)  # a DataFrame is refused before anything is written
+        return follow_batches(trace, histograms, poll=poll)
+    return iter([records(Trace.open(trace), histograms)])
+
+
 def to_tensorboard(
-    trace: TraceLike, logdir: str | os.PathLike[str], *, histograms: bool | Iterable[str] = True
+    trace: TraceLike,
+    logdir: str | os.PathLike[str],
+    *,
+    histograms: bool | Iterable[str] = True,
+    follow: bool = False,
+    poll: float = DEFAULT_POLL,
 ) -> Path:
     """Write a trace's loss, norms, update ratios, learning rates and histograms as TensorBoard events.
 
@@ -72,6 +98,10 @@ def to_tensorboard(
         trace: a trace directory, a ``run``, a DataFrame from ``tracer.load`` or a Trace.
         logdir: the TensorBoard log directory (created; an event file is added to it).
         histograms: see ``series``.
+        follow: keep exporting while the trace is written (each step once, as it
+            finishes) and return when it is complete; Ctrl-C (KeyboardInterrupt) stops it,
+            with the events written so far flushed.
+        poll: with ``follow``, seconds between two looks at the trace directory.
 
     Returns:
         ``logdir``.
@@ -79,23 +109,26 @@ def to_tensorboard(
     Raises:
         TraceFormatError: ``trace`` is not a readable trace.
         MissingExtraError: the ``tensorboard`` package is not installed.
+        ValueError: ``follow`` with a DataFrame, or a ``poll`` that is not positive.
     """
     from tracer.integrations import require
 
-    steps = records(Trace.open(trace), histograms)
+    batches = _batches(trace, histograms, follow, poll)
     require("tensorboard", "tensorboard", "tracer export tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(logdir)
-    writer = SummaryWriter(log_dir=str(out))
+    writer = SummaryWriter(log_dir=str(out), flush_secs=max(1, int(poll)) if follow else 120)
     try:
-        for step, scalars, hists in steps:
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, global_step=step)
-            for tag, values in hists.items():
-                finite = values[np.isfinite(values)]
-                if finite.size:
-                    writer.add_histogram(tag, finite, global_step=step)
+        for batch in batches:
+            for step, scalars, hists in batch:
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, global_step=step)
+                for tag, values in hists.items():
+                    finite = values[np.isfinite(values)]
+                    if finite.size:
+                        writer.add_histogram(tag, finite, global_step=step)
+            writer.flush()  # TensorBoard shows each batch as soon as it is written
     finally:
         writer.close()
     return out
@@ -113,6 +146,8 @@ def to_wandb(
     dir: str | os.PathLike[str] | None = None,
     histograms: bool | Iterable[str] = True,
     settings: Any = None,
+    follow: bool = False,
+    poll: float = DEFAULT_POLL,
     **init: Any,
 ) -> Path:
     """Log a trace to a Weights & Biases run: one ``run.log`` per step, ``step`` = the trace's step.
@@ -134,6 +169,9 @@ def to_wandb(
         histograms: see ``series``.
         settings: a ``wandb.Settings`` (default: no git, code, console or system metrics
             collection, no update check).
+        follow: keep logging while the trace is written (each step once, as it finishes)
+            and finish the run when the trace is complete; Ctrl-C finishes it early.
+        poll: with ``follow``, seconds between two looks at the trace directory.
         **init: further keyword arguments of ``wandb.init`` (``entity``, ``tags``, …).
 
     Returns:
@@ -142,13 +180,17 @@ def to_wandb(
     Raises:
         TraceFormatError: ``trace`` is not a readable trace.
         MissingExtraError: the ``wandb`` package is not installed.
+        ValueError: ``follow`` with a DataFrame, or a ``poll`` that is not positive.
     """
     from tracer.integrations import require
 
     if mode not in ("offline", "online", "disabled"):
         raise ValueError(f"mode must be 'offline', 'online' or 'disabled' (got {mode!r})")
-    opened = Trace.open(trace)
-    steps = records(opened, histograms)
+    batches = _batches(trace, histograms, follow, poll)
+    if follow:  # the run's config is the trace's metadata: wait for the first finished steps
+        first = next(batches, [])
+        batches = itertools.chain([first], batches)
+    opened = Trace.open(follow_path(trace) if follow else trace)
     wandb = require("wandb", "wandb", "tracer export wandb")
     if settings is None:
         settings = _quiet_settings(wandb)
@@ -166,13 +208,17 @@ def to_wandb(
         )
         try:
             run_dir = Path(run.dir).parent
-            for step, scalars, hists in steps:
-                record: dict[str, Any] = dict(scalars)
-                for tag, values in hists.items():
-                    finite = values[np.isfinite(values)]
-                    if finite.size:
-                        record[tag] = wandb.Histogram(finite.tolist())
-                run.log(record, step=step)
+            for batch in batches:
+                for step, scalars, hists in batch:
+                    record: dict[str, Any] = dict(scalars)
+                    for tag, values in hists.items():
+                        finite = values[np.isfinite(values)]
+                        if finite.size:
+                            record[tag] = wandb.Histogram(finite.tolist())
+                    run.log(record, step=step)
+        except KeyboardInterrupt:
+            run.finish()  # stopped on purpose: what was logged is kept
+            raise
         except BaseException:
             run.finish(exit_code=1)
             raise

@@ -29,6 +29,7 @@ from tracer._plots import (
     grad_norm_plot,
     histogram_plot,
     loss_plot,
+    metric_plot,
     plots_available,
     update_ratio_plot,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "grad_norm_plot",
     "histogram_plot",
     "loss_plot",
+    "metric_plot",
     "plots_available",
     "update_ratio_plot",
 ]
