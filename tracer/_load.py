@@ -26,6 +26,7 @@ def load(
     step: int | Iterable[int] | slice | None = None,
     columns: Sequence[str] | None = None,
     errors: str = "raise",
+    assemble: bool = False,
 ) -> pandas.DataFrame:
     """Load a trace as a DataFrame, one row per captured tensor, in training order.
 
@@ -45,6 +46,9 @@ def load(
         step: a step, a list/range of steps, or a slice (``slice(10, 20)``).
         columns: the columns to read (default: all).
         errors: ``"raise"`` (default) on a corrupt data file, or ``"skip"`` it with a warning.
+        assemble: combine the shard rows of a sharded tensor (FSDP2, DTensor: one row per
+            rank) into one row per (step, kind, name, call, part) holding the whole tensor's
+            values and statistics (``rank`` null where shards of several ranks were combined).
 
     Raises:
         ValueError: an unknown kind (the message lists the kinds).
@@ -56,8 +60,21 @@ def load(
     """
     from tracer._trace import Trace
 
+    if not isinstance(assemble, bool):
+        raise TypeError(f"assemble must be True or False (got {assemble!r})")
     opened = Trace.open(trace)
-    rows = opened.rows(kind=kind, name=name, step=step, columns=columns, errors=errors)
+    read = columns
+    if assemble and columns is not None:
+        from tracer._assemble import NEEDED
+
+        read = list(dict.fromkeys([*columns, *NEEDED]))
+    rows = opened.rows(kind=kind, name=name, step=step, columns=read, errors=errors)
+    if assemble:
+        from tracer._assemble import assemble as assembled
+
+        rows = assembled(rows)
+        if columns is not None:
+            rows = rows[list(columns)]
     if rows.empty and (name is not None or step is not None):
         from tracer._no_match import why_empty
 

@@ -1,0 +1,64 @@
+"""FSDP2 (``fully_shard``) and tensor-parallel DTensors on two gloo ranks: the local shards that
+tracer._sharded reads, placed at their offsets, are the full tensors, and tracer._assemble
+rebuilds them and their statistics from the shard rows (the ranks run tests/_fsdp2_worker.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="needs torch.distributed with the gloo backend",
+)
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp2")
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_fsdp2_worker.py"), str(out)], capture_output=True, text=True, timeout=300
+    )
+    errors = sorted(out.glob("error-*.txt"))
+    assert not errors, errors[0].read_text()
+    assert 0 == done.returncode, done.stderr[-3000:]
+    return [json.loads((out / f"checked-{rank}.json").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.slow
+def test_fsdp2_sequential_shards_are_uneven_with_empty_and_padded_ones_and_assemble(checked):
+    rank0, rank1 = (c["fsdp2 Sequential AdamW"] for c in checked)
+    assert 16 == rank0["tensors"] == rank1["tensors"]  # 4 parameters: param, grad, exp_avg, exp_avg_sq
+    assert ["Shard(dim=0)"] == rank0["placements"]
+    # Linear(5, 1): rank 1 holds nothing of its weight, bias and their grad and state
+    assert (0, 8) == (rank0["empty_shards"], rank1["empty_shards"])
+    assert rank1["padded"] > 0  # FSDP2's padded storage behind the shard: never recorded
+
+
+@pytest.mark.slow
+def test_fsdp2_transformer_block_shards_assemble(checked):
+    for c in checked:
+        block = c["fsdp2 TransformerEncoderLayer SGD momentum"]
+        assert 36 == block["tensors"] and ["Shard(dim=0)"] == block["placements"]  # 12 parameters
+
+
+@pytest.mark.slow
+def test_tensor_parallel_colwise_then_rowwise_shards_and_replicas_assemble(checked):
+    for c in checked:
+        mlp = c["tensor parallel MLP Adam"]
+        assert ["Replicate()", "Shard(dim=0)", "Shard(dim=1)"] == mlp["placements"]
+        assert 16 == mlp["tensors"]
+
+
+@pytest.mark.slow
+def test_mixed_precision_hooks_see_bf16_and_the_optimizer_fp32_shards(checked):
+    for c in checked:
+        expected = {"input": "torch.bfloat16", "output": "torch.bfloat16", "param": "torch.float32"}
+        assert dict(expected, grad="torch.float32") == c["mixed precision bf16"]
