@@ -320,3 +320,52 @@ def test_an_optimizer_with_its_own_step_has_its_gradients_read_after_the_step(tm
     df = tracer.load(callback.path, kind=["grad", "update"])
     per_step = df.groupby("step").kind.apply(set)
     assert per_step.map(lambda kinds: kinds == {"grad", "update"}).all()
+
+
+class Logging(Regressor):
+    """Logs its training loss every batch, a count per batch and epoch, and its validation loss."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        self.log("seen", float(batch_idx), on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = super().validation_step(batch, batch_idx)
+        self.log("val_loss", loss)
+        return loss
+
+
+LOGGING = dict(max_steps=8, limit_val_batches=2, val_check_interval=3)
+
+
+def test_logged_metrics_are_metric_rows_each_once_at_its_step(tmp_path):
+    callback = TraceCallback(path=tmp_path / "trace", max_values=None)
+    fit(Logging, tmp_path, [callback], **LOGGING)
+    df = tracer.load(callback.path)
+    metric = df[df.kind == "metric"]
+    train_loss = metric[metric.name == "train_loss"]
+    loss = df[df.kind == "loss"]
+    assert list(range(8)) == train_loss.step.tolist() == loss.step.tolist()
+    assert [v[0] for v in loss["values"]] == [v[0] for v in train_loss["values"]]  # the batch's own loss
+    # 6 batches an epoch: batch_idx 0..5, then 0..1
+    assert [0, 1, 2, 3, 4, 5, 0, 1] == [v[0] for v in metric[metric.name == "seen_step"]["values"]]
+    # the epoch means when each epoch ends (the second one cut short by max_steps); the first
+    # after the validation that followed its last batch, so in the step of that validation
+    seen_epoch = metric[metric.name == "seen_epoch"]
+    assert [(6, 2.5), (7, 0.5)] == [(s, v[0]) for s, v in zip(seen_epoch.step, seen_epoch["values"])]
+    # validation after steps 2 and 5: once each, in the step its forward rows are in
+    val_loss = metric[metric.name == "val_loss"]
+    assert [3, 6] == val_loss.step.tolist()
+    val_rows = df[(df.kind == "activation") & (df.name == "net.2") & forward_only(df)]
+    assert [3, 3, 6, 6] == val_rows.step.tolist()
+    assert {"train_loss", "seen_step", "seen_epoch", "val_loss"} == set(metric.name)
+
+
+def test_validation_skip_still_records_the_validation_metrics(tmp_path):
+    callback = TraceCallback(path=tmp_path / "trace", validation="skip", max_values=0)
+    fit(Logging, tmp_path, [callback], **LOGGING)
+    metric = tracer.load(callback.path, kind="metric")
+    assert [3, 6] == metric[metric.name == "val_loss"].step.tolist()
+    assert 8 == (metric.name == "train_loss").sum()

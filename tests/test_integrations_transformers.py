@@ -161,8 +161,26 @@ def test_evaluation_is_recorded_forward_only_or_skipped(tmp_path):
     skp = tracer.load(skipped.path)
     assert not forward_only(skp).any()
     columns = ["step", "kind", "name", "call", "part", "norm"]
-    train_rows = rec[~forward_only(rec)]
-    assert train_rows[columns].reset_index(drop=True).equals(skp[columns].reset_index(drop=True))
+    train_rows = rec[~forward_only(rec) & (rec.kind != "metric")]
+    assert train_rows[columns].reset_index(drop=True).equals(skp[skp.kind != "metric"][columns].reset_index(drop=True))
+    # the evaluation's metrics are recorded either way (timings differ: compare names and steps)
+    logged = [df[df.kind == "metric"][["step", "name", "call"]].reset_index(drop=True) for df in (rec, skp)]
+    assert logged[0].equals(logged[1])
+    assert [2, 3] == rec[rec.name == "eval_loss"].step.tolist()
+
+
+def test_the_trainers_logs_are_metric_rows_at_the_step_they_follow(tmp_path):
+    callback = TraceCallback(path=tmp_path / "trace", max_values=0, capture=["loss", "metric"])
+    trainer, _ = train(tmp_path, [callback], logging_strategy="steps", logging_steps=1)
+    df = tracer.load(callback.path, kind="metric")
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert [1, 2, 3] == [h["step"] for h in history]  # the Trainer counts completed steps from 1
+    for name in ("loss", "learning_rate", "grad_norm"):
+        rows = df[df.name == name]
+        assert [0, 1, 2] == rows.step.tolist(), name  # the step each log follows
+        assert [h[name] for h in history] == [v[0] for v in rows["values"]], name
+    assert {"train_runtime", "train_loss", "epoch"} <= set(df.name)
+    assert 2 == df[df.name == "train_loss"].step.item()  # the summary at the end: the last step
 
 
 def test_a_failed_train_is_closed_by_the_context_manager(tmp_path):

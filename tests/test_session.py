@@ -402,6 +402,46 @@ def test_every_hook_is_removed_on_exit(tmp_path):
     assert not out._backward_hooks  # tensor hooks removed too
 
 
+class _Interrupted(nn.Linear):
+    def forward(self, x):
+        torch.relu(x)
+        raise KeyboardInterrupt  # not an Exception: torch runs no always-called hook for it
+
+
+def test_capture_ops_leaves_no_mode_and_no_hook_even_when_forward_is_interrupted(tmp_path):
+    from tracer import _dispatch
+
+    model = nn.Sequential(nn.Linear(2, 2), _Interrupted(2, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = _hook_counts(model, opt)
+    backward = torch.autograd.backward
+    with pytest.raises(KeyboardInterrupt):
+        with tracer.trace(model, opt, path=tmp_path / "t", capture_ops=True):
+            model(torch.ones(1, 2))
+    assert 0 == torch._C._len_torch_function_stack()  # the op-capturing mode is off the stack
+    assert before == _hook_counts(model, opt)
+    assert torch.autograd.backward is backward and [] == _dispatch._active
+    ops = tracer.load(tmp_path / "t", kind="op")
+    assert [("0", "linear.0"), ("1", "relu.0")] == list(zip(ops.name, ops.part))
+
+
+def test_capture_ops_recovers_from_an_interrupted_forward_caught_in_the_block(tmp_path):
+    model = nn.Sequential(nn.Linear(2, 2), _Interrupted(2, 2))
+    x = torch.ones(1, 2)
+    with tracer.trace(model, path=tmp_path / "t", capture_ops=True) as run:
+        try:
+            model(x)
+        except KeyboardInterrupt:
+            pass
+        model[1].forward = torch.sigmoid  # the interruption is over
+        model(x)  # the model's next forward: what the interrupted one left is dropped
+        torch.tanh(x)  # outside any forward: no row
+    ops = tracer.load(run.path, kind="op")
+    assert [(0, "0", "linear.0"), (0, "1", "relu.0"), (1, "0", "linear.0"), (1, "1", "sigmoid.0")] == list(
+        zip(ops.step, ops.name, ops.part)
+    )  # (without an optimizer or a backward pass, each forward is a step)
+
+
 def test_exception_propagates_unchanged_and_the_trace_stays_readable(tmp_path):
     model, x, y, loss_fn, opt = make_reference()
     before = _hook_counts(model, opt)

@@ -24,19 +24,24 @@ from typing import Any
 
 import torch
 
+from tracer._autograd import _alive, _grad_fn_name, _in_backward
+from tracer._buffers import BufferSteps
 from tracer._dispatch import _eager, _warn, activate, deactivate
 from tracer._errors import TraceWriteError
+from tracer._metrics import MetricSteps, _Pending
+from tracer._ops import NO_OPS, OpCapture
 from tracer._optimizer_steps import OptimizerSteps, _Inflight
 from tracer._plain_steps import PlainSteps, _PlainStep
 from tracer._schema import Row, Sink
-from tracer._selection import ModuleInfo, ParamInfo
+from tracer._selection import BufferInfo, ModuleInfo, ParamInfo
 from tracer._tensors import Captured, CopyPool, capture
 from tracer._walk import walk
 
+_unseen = torch._C.DisableTorchFunction
 _PRUNE_HANDLES = 4096  # prune dead tensor-hook handles once this many more are held
 
 
-class Recorder(OptimizerSteps, PlainSteps):
+class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
     """Turns hook events into rows: owns the step counter, call counters and snapshots.
 
     Steps (see README, "Steps"): with optimizers, a step ends after the ``step()`` that
@@ -61,6 +66,7 @@ class Recorder(OptimizerSteps, PlainSteps):
         on_error: str = "raise",
         verify: bool = False,
         capture_ops: bool = False,
+        buffers: list[BufferInfo] | None = None,
     ) -> None:
         self.writer = writer
         self.kinds = kinds
@@ -74,6 +80,8 @@ class Recorder(OptimizerSteps, PlainSteps):
         self.on_error = on_error
         self.verify = verify  # check each update against its rule here (see _optimizer_steps)
         self.capture_ops = capture_ops  # record tensor operations inside forwards (kind "op")
+        self.ops = OpCapture(self) if capture_ops and "op" in kinds else NO_OPS
+        self.buffers = buffers or []  # recorded as each step leaves them (kind "buffer")
         self.stopped = False  # on_error="warn" after a write failure: record nothing more
         self.paused = False  # run.pause(): record nothing, count steps
         self.step = 0
@@ -99,6 +107,9 @@ class Recorder(OptimizerSteps, PlainSteps):
         self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
         self._captured: dict[int, tuple[Any, int, Any]] = {}  # id -> (weakref, version, capture)
         self._warned: set[tuple[str, str]] = set()
+        self.step_closed = False  # a step just ended and nothing of the next has run (run.log)
+        self._metric_calls: dict[str, tuple[int, int]] = {}
+        self._pending_metrics: list[_Pending] = []
         self.pool = CopyPool(writer.max_queue_bytes // 2)  # the queue's copies, recycled
 
     # -- rows ----------------------------------------------------------------------
@@ -121,7 +132,9 @@ class Recorder(OptimizerSteps, PlainSteps):
         group: int | None = None,
         hparams: str | None = None,
         dtype: str | None = None,
+        verdict: tuple[float, bool] | None = None,
     ) -> None:
+        """One row of ``tensor``; ``verdict``: ``(rule_error, rule_matches)`` of a verified update."""
         try:
             cap = tensor if isinstance(tensor, Captured) else self._capture(tensor)
         except Exception as exc:
@@ -133,7 +146,7 @@ class Recorder(OptimizerSteps, PlainSteps):
             self.grad_rows += 1
         row = Row(
             self.step if step is None else step, next(self._seq), kind, name, call, part, module_type,
-            cap, grad_enabled, optimizer, group, hparams,
+            cap, grad_enabled, optimizer, group, hparams, *(verdict or (None, None)),
         )  # fmt: skip
         self.writer.put(row)
 
@@ -169,6 +182,10 @@ class Recorder(OptimizerSteps, PlainSteps):
     def advance(self) -> None:
         """Close the current step."""
         self._finish_plain_step()
+        if self.traced:
+            self.emit_buffers(self.step)
+        self.flush_metrics()
+        self.step_closed = True
         self._captured.clear()
         self.step += 1
         self._calls.clear()
@@ -185,7 +202,10 @@ class Recorder(OptimizerSteps, PlainSteps):
             self._recover_failed_steps(everything=True)
         except TraceWriteError:
             pass  # the block's end reports the writer's error itself
+        if self._trained_since_step and self.traced:  # the open step trained: its buffers
+            self.emit_buffers(self.step)
         self._finish_plain_step()
+        self.flush_metrics(wait=True)
 
     def current_step(self) -> int:
         """``step``, once a ``step()`` that raised since the last hook has been counted."""
@@ -216,7 +236,8 @@ class Recorder(OptimizerSteps, PlainSteps):
             return  # another model, or a copy of this one
         depth = len(info.stack)
         try:
-            self._forward_pre(info, args, kwargs or {})
+            with _unseen():  # tracer's own operations: for no TorchFunctionMode to see
+                self._forward_pre(info, args, kwargs or {})
         except TraceWriteError:
             raise
         except Exception as exc:
@@ -224,6 +245,7 @@ class Recorder(OptimizerSteps, PlainSteps):
         finally:
             if len(info.stack) == depth:  # one entry per call, for the forward hook to pop
                 info.stack.append(None)
+            self.ops.enter(info, info.stack[-1])
 
     def forward_hook(self, module: torch.nn.Module, args: tuple, *rest: Any) -> None:
         """``(module, args, kwargs, output)``; torch passes ``(module, args, output)`` when
@@ -231,11 +253,13 @@ class Recorder(OptimizerSteps, PlainSteps):
         info = self.modules.get(module)
         if info is None:
             return
+        self.ops.leave()
         call = info.stack.pop() if info.stack else None
         if call is None or len(rest) != 2:
             return
         try:
-            self._forward_post(info, call, rest[1])
+            with _unseen():
+                self._forward_post(info, call, rest[1])
         except Exception as exc:
             self.cannot_record("activation", info.name, exc)
 
@@ -243,6 +267,7 @@ class Recorder(OptimizerSteps, PlainSteps):
         recomputing = _in_backward()  # activation checkpointing recomputes forwards in backward
         if info.is_root and not recomputing:
             self._root_forward()
+            self.step_closed = False
         if torch.is_grad_enabled() and not recomputing:
             self._trained_since_step = True
         if not (info.selected and self.traced) or recomputing:
@@ -330,6 +355,7 @@ class Recorder(OptimizerSteps, PlainSteps):
         gradients since the step began: another model traced in the same thread)."""
         if not self._trained_since_step:
             return False
+        self.step_closed = False
         self.backward_passes += 1
         call = self._backward_calls
         self._backward_calls += 1
@@ -359,23 +385,9 @@ class Recorder(OptimizerSteps, PlainSteps):
             for _, handle in self._leaf_hooks.values():
                 handle.remove()
         finally:
+            self.ops.close()
             self.tensor_handles = []
             self._leaf_hooks = {}
             for info in self.modules.values():
                 info.stack.clear()
             deactivate(self)
-
-
-def _in_backward() -> bool:
-    return torch._C._current_autograd_node() is not None
-
-
-def _grad_fn_name(tensor: torch.Tensor) -> str | None:
-    """``MseLossBackward0`` for an MSE loss: the loss row's ``module_type``."""
-    fn = tensor.grad_fn
-    return None if fn is None else type(fn).__name__
-
-
-def _alive(handle: Any) -> bool:
-    ref = getattr(handle, "hooks_dict_ref", None)
-    return ref is not None and ref() is not None

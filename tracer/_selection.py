@@ -37,6 +37,19 @@ class ModuleInfo:
         self.stack: list[int | None] = []  # call index of each forward in flight (None: untraced)
 
 
+class BufferInfo:
+    """One registered buffer (BatchNorm's ``running_mean``, ...): read from its module at
+    each step, as ``module.<key>`` may be replaced by a new tensor."""
+
+    __slots__ = ("module", "key", "name", "module_type")
+
+    def __init__(self, module: torch.nn.Module, key: str, name: str) -> None:
+        self.module = module
+        self.key = key
+        self.name = name
+        self.module_type = type(module).__name__
+
+
 def selected(name: str, include: list[str] | None, exclude: list[str]) -> bool:
     """Whether ``include``/``exclude`` (glob patterns) select the module or parameter ``name``."""
     if include is not None and not any(fnmatch.fnmatchcase(name, p) for p in include):
@@ -62,12 +75,26 @@ def param_infos(
     return infos
 
 
-def module_infos(model: torch.nn.Module, select: Callable[[str], bool]) -> dict[torch.nn.Module, ModuleInfo]:
-    """The modules to hook: the selected ones, and the root (its forward delimits steps)."""
+def module_infos(
+    model: torch.nn.Module, select: Callable[[str], bool], *, every_module: bool = False
+) -> dict[torch.nn.Module, ModuleInfo]:
+    """The modules to hook: the selected ones, and the root (its forward delimits steps);
+    ``every_module`` (``capture_ops``): the others too, so that the operations inside an
+    excluded module are not taken for its parent's."""
     infos: dict[torch.nn.Module, ModuleInfo] = {}
     for name, module in model.named_modules():
         is_root = module is model
         chosen = select(name)
-        if chosen or is_root:
+        if chosen or is_root or every_module:
             infos[module] = ModuleInfo(name, type(module).__name__, selected=chosen, is_root=is_root)
+    return infos
+
+
+def buffer_infos(model: torch.nn.Module, select: Callable[[str], bool]) -> list[BufferInfo]:
+    """The model's registered buffers that ``select`` keeps, by full name (``bn.running_mean``)."""
+    infos = []
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_buffers(prefix=module_name, recurse=False):
+            if select(name):
+                infos.append(BufferInfo(module, name.rpartition(".")[2], name))
     return infos

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from tracer import _destination, _dispatch, _hooks
 from tracer._directory import check_destination, prepare_directory, write_json_atomic
 from tracer._errors import TraceWriteError, write_error
 from tracer._metadata import trace_metadata
+from tracer._ops import compiled
 from tracer._options import (
     ALL,
     DEFAULT_MAX_VALUES,
@@ -26,10 +26,12 @@ from tracer._options import (
     check_options,
     unwrap,
 )
+from tracer._run_controls import RunControls
 from tracer._schema import META_FILE
-from tracer._selection import module_infos, param_infos, selected
+from tracer._selection import buffer_infos, module_infos, param_infos, selected
 from tracer._signals import SigtermGuard
 from tracer._store import Writer
+from tracer._surprises import warn_if_surprising
 
 if TYPE_CHECKING:
     import pandas
@@ -85,7 +87,7 @@ def trace(
         verify: check every update against its optimizer's rule in the training process
             (columns ``rule_error`` and ``rule_matches``), whatever the tensor's size.
         capture_ops: also record the outputs of tensor operations called inside each
-            module's forward (kind ``op``).
+            module's forward (kind ``op``); off, with a warning, for a ``torch.compile``'d model.
 
     Raises:
         TypeError: ``model`` is not a module or ``optimizer`` not an optimizer.
@@ -102,6 +104,14 @@ def trace(
     )  # fmt: skip
     root = unwrap(model)
     _refuse_sharded(root)
+    if options["capture_ops"] and compiled(model):
+        warnings.warn(
+            "capture_ops=True records nothing for a torch.compile'd model (compiled code calls no "
+            "Python per operation): trace the model before compiling it to record its operations",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        options["capture_ops"] = False
     run = Run(root, optimizers, **options)
     try:
         run._check_path()
@@ -111,7 +121,7 @@ def trace(
     return run
 
 
-class Run:
+class Run(RunControls):
     """A trace being recorded (inside the ``with`` block) or recorded (after it).
 
     Attributes:
@@ -210,12 +220,15 @@ class Run:
                 max_values=self._max_values,
                 every=self._every,
                 params=param_infos(self._model, self._optimizers, self._selected),
-                modules=module_infos(self._model, self._selected),
+                modules=module_infos(
+                    self._model, self._selected, every_module=self._capture_ops and "op" in self._kinds
+                ),
                 optimizers=self._optimizers,
                 select=self._selected,
                 on_error=self._on_error,
                 verify=self._verify,
                 capture_ops=self._capture_ops,
+                buffers=buffer_infos(self._model, self._selected),
             )
             _traced_modules.add(self._model)
             self._state = "running"
@@ -261,46 +274,14 @@ class Run:
                 stacklevel=3,
             )
         elif exc_type is None:
-            self._warn_if_surprising(recorder)
-
-    # -- while the block runs ------------------------------------------------------
-    def pause(self) -> None:
-        """Record nothing until :meth:`resume`; steps still count."""
-        if self._recorder is not None:
-            self._recorder.paused = True
-
-    def resume(self) -> None:
-        """Record again after :meth:`pause`."""
-        if self._recorder is not None:
-            self._recorder.paused = False
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """``with run.paused(): ...`` records nothing in the block (steps still count)."""
-        was = self._recorder.paused if self._recorder is not None else False
-        self.pause()
-        try:
-            yield
-        finally:
-            if not was:
-                self.resume()
-
-    def watch(self, optimizer: torch.optim.Optimizer) -> None:
-        """Trace ``optimizer`` too, from its next ``step()``: one made after the block started.
-
-        An optimizer that steps the model's parameters is adopted on its own; ``watch`` is
-        for one that holds none of them (or to name it before its first step).
-        """
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"watch() takes a torch.optim.Optimizer (got {_describe(optimizer)})")
-        if self._recorder is None:
-            raise RuntimeError("run.watch() works inside the `with tracer.trace(...)` block")
-        self._recorder.watch(optimizer, adopted=False)
+            warn_if_surprising(self, recorder)
 
     # -- reading -----------------------------------------------------------------
     def flush(self) -> None:
         """Write every row recorded so far (inside the block; a no-op after it)."""
         if self._state == "running" and self._writer is not None:
+            if self._recorder is not None:
+                self._recorder.flush_metrics(wait=True)
             self._writer.flush()
 
     def load(self, **filters: Any) -> pandas.DataFrame:
@@ -362,31 +343,6 @@ class Run:
                 recorder.uninstall()
         finally:
             _traced_modules.discard(self._model)
-
-    def _warn_if_surprising(self, recorder: _hooks.Recorder) -> None:
-        """A trace that probably is not what was meant says so when the block ends."""
-        if "grad" not in self._kinds or recorder.grad_rows or recorder.stopped or self._every > recorder.step + 1:
-            return
-        if recorder.backward_passes == 0 and recorder.step == 0:
-            return  # nothing trained
-        if recorder.backward_passes == 0 and not self._optimizers:
-            return  # forward passes only: no gradients were meant
-        own = {id(p) for p in self._model.parameters()}
-        if self._optimizers and not any(
-            id(p) in own for o in self._optimizers for g in o.param_groups for p in g["params"]
-        ):
-            why = "the optimizer holds none of the model's parameters"
-        elif self._include is not None or self._exclude:
-            why = "include/exclude selected no parameter that received a gradient"
-        else:
-            why = "no parameter of the model received a gradient"
-        warnings.warn(
-            f"tracer recorded no gradient rows in {str(self.path)!r}: {why}. Pass the optimizer "
-            "that trains this model (tracer.trace(model, optimizer)), or check that the loss "
-            "depends on the model's parameters",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
     def _meta(self, *, complete: bool, recorder: _hooks.Recorder | None) -> dict[str, Any]:
         adopted = recorder.adopted if recorder is not None else [False] * len(self._optimizers)

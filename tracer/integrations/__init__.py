@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -58,3 +59,28 @@ def validation_context(run: Any, validation: str) -> contextlib.AbstractContextM
     """What a callback wraps validation batches in: nothing to do to record them (evaluation
     forwards number their calls apart from training ones), ``run.paused()`` to skip them."""
     return run.paused() if validation == "skip" else contextlib.nullcontext()
+
+
+def log_metrics(run: Any, metrics: Mapping[Any, Any]) -> int:
+    """Record a trainer's logged metrics as ``metric`` rows of ``run`` (as ``run.log`` does);
+    the number of metrics recorded.
+
+    What is not a scalar number (a string, a list) is left out, nothing raises into the
+    trainer, and the callback's own pause (``validation="skip"``) does not apply: a metric
+    is logged between steps, where the callback pauses.
+    """
+    from tracer._metrics import scalar
+
+    recorder = getattr(run, "_recorder", None)
+    if recorder is None or not metrics:
+        return 0
+    items = []
+    for name, value in metrics.items():
+        try:
+            items.append((str(name), scalar(str(name), value)))
+        except (TypeError, ValueError):
+            continue
+    try:
+        return recorder.log_metrics(items, honour_pause=False) if items else 0
+    except Exception:  # a write error at a step boundary is reported by the block's end
+        return 0

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import tracer
+from tracer._dispatch import _warn
 from tracer.integrations import (
     MissingExtraError,
     check_options,
     check_validation,
+    log_metrics,
     require,
     validation_context,
 )
@@ -54,6 +56,12 @@ class TraceCallback(_callback_base()):  # type: ignore[misc]
     training step inside ``optimizer.step(closure)``; tracer sees the gradients that closure
     makes (see "Real training loops" in the README).
 
+    What the module logs with ``self.log`` (what Lightning hands its loggers, with or
+    without a logger) is recorded as ``metric`` rows, as ``run.log`` would: a batch's
+    ``on_step`` values at the end of that batch (the step it trained), ``on_epoch`` values
+    when their validation run or epoch ends. Names are Lightning's (``acc_step`` and
+    ``acc_epoch`` when both ``on_step`` and ``on_epoch`` are on).
+
     Example::
 
         trace = TraceCallback(path="traces/fit1", max_values=0, every=10)
@@ -80,6 +88,7 @@ class TraceCallback(_callback_base()):  # type: ignore[misc]
         self.run: Any = None
         self._running = False
         self._validating: Any = None
+        self._unreadable = False  # this Lightning keeps its logged metrics elsewhere (said once)
 
     @property
     def path(self) -> Path | None:
@@ -92,6 +101,12 @@ class TraceCallback(_callback_base()):  # type: ignore[misc]
         run = tracer.trace(pl_module, optimizers or None, **self.options)
         run.__enter__()
         self.run, self._running = run, True
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._record_logged(trainer)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._record_logged(trainer)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.close()
@@ -106,6 +121,21 @@ class TraceCallback(_callback_base()):  # type: ignore[misc]
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         self._end_validation()
+        self._record_logged(trainer)
+
+    def _record_logged(self, trainer: Any) -> None:
+        """What Lightning hands its loggers now: a batch's ``on_step`` values at its end,
+        ``on_epoch`` values when a validation run or an epoch ends."""
+        if not self._running:
+            return
+        try:
+            logged = trainer._logger_connector.metrics["log"]
+        except Exception as exc:  # never into the trainer
+            if not self._unreadable:
+                self._unreadable = True
+                _warn(f"tracer cannot read this Lightning's logged metrics ({exc!r}); no metric rows are recorded")
+            return
+        log_metrics(self.run, logged)
 
     # -- closing -------------------------------------------------------------------------
     def _end_validation(self) -> None:

@@ -21,6 +21,7 @@ import tracer
 from tracer.integrations import (
     check_options,
     check_validation,
+    log_metrics,
     require,
     validation_context,
 )
@@ -49,6 +50,11 @@ class TraceCallback(_TrainerCallback):  # type: ignore[misc,valid-type]
     the ``torch.optim`` optimizer inside accelerate's wrapper. Evaluation run during
     training is recorded as forward-only rows (``grad_enabled`` is False; ``call`` counts
     from 0 in each evaluation) or skipped.
+
+    What the Trainer logs (``on_log``: ``loss``, ``learning_rate``, ``grad_norm``,
+    ``eval_loss``, ...) is recorded as ``metric`` rows, as ``run.log`` would: the training
+    logs at the step just completed, evaluation logs at the step its forward rows are in;
+    values that are not numbers are left out.
 
     The Trainer has no event for a failed ``train()``: if it raises, call ``close()`` (or
     use the callback as a context manager around ``train()``) so that the hooks come off
@@ -104,6 +110,10 @@ class TraceCallback(_TrainerCallback):  # type: ignore[misc,valid-type]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._leave_step()  # evaluation, logging and saving run between steps
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if self._running and isinstance(logs, dict):
+            log_metrics(self.run, logs)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.close()
