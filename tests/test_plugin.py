@@ -94,6 +94,31 @@ def test_fixture_takes_trace_options(traced, tmp_path):
     result.assert_outcomes(passed=2)
 
 
+def test_fixture_verifies_every_update_unless_told_not_to(pytester):
+    pytester.makepyfile(
+        reference()
+        + """
+def test_on_by_default(traced):
+    run = train(traced)
+    updates = tracer.load(run, kind="update")
+    assert [True] * 4 == updates["rule_matches"].tolist()
+    assert (updates["rule_error"] <= 1e-16).all()
+    assert True is tracer._trace.Trace.open(run.path).meta.options.verify
+
+
+def test_verify_false_is_kept(traced):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with traced(model, optimizer, verify=False) as run:
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+    assert tracer.load(run, kind="update")["rule_matches"].isna().all()
+"""
+    )
+    result = pytester.runpytest(*QUIET)
+    result.assert_outcomes(passed=2)
+
+
 def test_golden_update_then_compare_cycle(pytester):
     test_file = """
 def test_golden(traced):

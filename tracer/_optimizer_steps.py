@@ -20,18 +20,21 @@ import torch
 from tracer._errors import TraceWriteError
 from tracer._hparams import hparams_json
 from tracer._tensors import Captured, adopt
+from tracer._verify_steps import VerifySteps
 from tracer._walk import walk
 
 if TYPE_CHECKING:
+    from tracer._lbfgs_replay import LiveLBFGS
     from tracer._plain_steps import _PlainStep
     from tracer._selection import ParamInfo
     from tracer._tensors import CopyPool
+    from tracer._verify import Prediction
 
 
 class _Inflight:
     """One ``optimizer.step()`` whose pre-hook ran and whose post-hook has not (yet)."""
 
-    __slots__ = ("frame", "thread", "nested", "late", "recorded", "step", "snapshots")
+    __slots__ = ("frame", "thread", "nested", "late", "recorded", "step", "snapshots", "evaluations", "lbfgs")
 
     def __init__(self, frame: Any, *, nested: bool) -> None:
         self.frame = frame  # the frame of torch's step() wrapper: live while step() runs
@@ -40,10 +43,12 @@ class _Inflight:
         self.late = False  # this step's gradients come from a closure run inside step()
         self.recorded = False  # its grad/param/state rows are written
         self.step: int | None = None  # the step its rows belong to, when not the current one
-        self.snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str]] = []
+        self.snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str, Prediction | None]] = []
+        self.evaluations = 0  # closure evaluations recorded inside step() (LBFGS)
+        self.lbfgs: LiveLBFGS | None = None  # what verify replays an LBFGS step from
 
 
-class OptimizerSteps:
+class OptimizerSteps(VerifySteps):
     """Step tracking and optimizer rows; the attributes below are the Recorder's."""
 
     kinds: frozenset[str]
@@ -129,6 +134,13 @@ class OptimizerSteps:
             return (args[0], wrapped, *args[2:]), kwargs
         entry.late = closure is not None  # LBFGS, or a step() of other code
         self._record_before_step(opt, entry)
+        if closure is not None and isinstance(opt, torch.optim.LBFGS):
+            # LBFGS evaluates the closure once or many times (max_iter, a line search):
+            # record each evaluation (its gradients, and where it was evaluated)
+            wrapped = self._recording_evaluations(opt, entry, closure)
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
         return None
 
     def _recording_closure(
@@ -222,6 +234,9 @@ class OptimizerSteps:
             if not stack:
                 del self._inflight[opt]
                 if failed is not None:
+                    # a step() that raised follows no rule: its partial update is not verified
+                    failed.snapshots = [(*s[:6], None) for s in failed.snapshots]
+                    failed.lbfgs = None
                     with torch.no_grad():
                         self._emit_step(opt, failed)
                         if self.traced:
@@ -275,7 +290,7 @@ class OptimizerSteps:
 
     def _emit_update(
         self, p: torch.Tensor, before: torch.Tensor, info: ParamInfo, cls: str | None,
-        group: int | None, hp: str | None, *, step: int | None = None,
+        group: int | None, hp: str | None, *, step: int | None = None, verdict: tuple[float, bool] | None = None,
     ) -> None:  # fmt: skip
         try:
             update = self._update(p, before)
@@ -283,19 +298,25 @@ class OptimizerSteps:
             self.cannot_record("update", info.name, exc)
             return
         dtype = "complex128" if p.is_complex() else "float64"
-        self.emit("update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group,
-                  hparams=hp, dtype=dtype, step=step)  # fmt: skip
+        if verdict is None:
+            self.emit("update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group,
+                      hparams=hp, dtype=dtype, step=step)  # fmt: skip
+            return
+        self.emit_verified(info, update, dtype, cls, group, hp, step, verdict)
 
     def _emit_step(self, opt: torch.optim.Optimizer, entry: _Inflight) -> None:
         """The rows of ``opt``'s step once it is over: late gradients and the updates."""
-        for p, before, info, c, gi, hp in entry.snapshots:
-            if entry.late and p.grad is not None and "grad" in self.kinds:
-                # the closure ran inside step(): the last gradient it made is there now
-                # (with LBFGS max_iter=1, or one evaluation, the one the update used)
+        verdicts = self._lbfgs_verdicts(entry.lbfgs) if entry.lbfgs is not None else {}
+        for p, before, info, c, gi, hp, prediction in entry.snapshots:
+            if entry.late and not entry.evaluations and p.grad is not None and "grad" in self.kinds:
+                # the closure ran inside step() (other code than torch.optim's): the last
+                # gradient it made is there now
                 self.emit("grad", info.name, 0, "", info.module_type, p.grad, optimizer=c, group=gi,
                           hparams=hp, step=entry.step)  # fmt: skip
-            self._emit_update(p, before, info, c, gi, hp, step=entry.step)
+            verdict = verdicts.get(p) if prediction is None else self._verdict(prediction, before, p, info)
+            self._emit_update(p, before, info, c, gi, hp, step=entry.step, verdict=verdict)
         entry.snapshots = []
+        entry.lbfgs = None
 
     def _before_step(self, opt: torch.optim.Optimizer, entry: _Inflight) -> None:
         """Rows of the gradients, parameters and state just before ``opt`` updates them.
@@ -307,6 +328,9 @@ class OptimizerSteps:
         kinds = self.kinds
         cls = type(opt).__name__
         late = entry.late
+        verify = self.verify and "update" in kinds
+        if verify and late and isinstance(opt, torch.optim.LBFGS):
+            entry.lbfgs = self._live_lbfgs(opt)
         for gi, group in enumerate(opt.param_groups):
             hp = hparams_json(group)
             for p in group["params"]:
@@ -320,13 +344,15 @@ class OptimizerSteps:
                     self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
                 if "param" in kinds:
                     self.emit("param", info.name, 0, "", info.module_type, p, **common)
+                state = [(part, t) for key, value in opt.state.get(p, {}).items()
+                         for part, t in walk(_as_tensor(value), str(key))] if "state" in kinds or verify else []  # fmt: skip
                 if "state" in kinds:
-                    for key, value in opt.state.get(p, {}).items():
-                        for part, t in walk(_as_tensor(value), str(key)):
-                            self.emit("state", info.name, 0, part, info.module_type, t, **common)
+                    for part, t in state:
+                        self.emit("state", info.name, 0, part, info.module_type, t, **common)
                 if "update" in kinds:
+                    prediction = self._predict(opt, hp, p, dict(state), info) if verify and not late else None
                     try:
-                        entry.snapshots.append((p, self._snapshot(p), info, cls, gi, hp))
+                        entry.snapshots.append((p, self._snapshot(p), info, cls, gi, hp, prediction))
                     except Exception as exc:
                         self.cannot_record("update", info.name, exc)
 

@@ -1,7 +1,7 @@
 """pytest plugin of tracer (registered through the ``pytest11`` entry point).
 
 - the ``traced`` fixture: ``with traced(model, optimizer) as run:`` traces into the test's
-  ``tmp_path``;
+  ``tmp_path``, with ``verify=True`` unless the test says otherwise;
 - ``--tracer-update-golden``: ``tracer.testing.assert_matches_golden`` rewrites golden
   traces instead of failing, and the terminal summary lists what it wrote;
 - readable failures: ``assert tracer.diff(a, b) is None`` explains the divergence.
@@ -84,7 +84,9 @@ def traced(tmp_path: Path) -> Callable[..., Any]:
     """``traced(model, optimizer, **options)``: ``tracer.trace`` into the test's ``tmp_path``.
 
     Takes the keyword arguments of ``tracer.trace``; ``path`` is optional (each call
-    gets its own directory under ``tmp_path``).
+    gets its own directory under ``tmp_path``), and ``verify`` is on unless the test
+    passes ``verify=False``: every update is checked against its optimizer's rule while
+    the test trains, whatever the size of its tensors.
 
     Example::
 
@@ -101,6 +103,7 @@ def traced(tmp_path: Path) -> Callable[..., Any]:
         if options.get("path") is None:
             n = next(count)
             options["path"] = tmp_path / ("trace" if n == 0 else f"trace-{n}")
+        options.setdefault("verify", True)
         return tracer.trace(model, optimizer, **options)
 
     return start

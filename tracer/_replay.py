@@ -41,8 +41,10 @@ def replay(
     """The parameter after one ``cls.step()`` from the traced param, grad, state and hparams.
 
     Raises:
+        CannotReplay: ``cls.step()`` needs a closure (LBFGS): one parameter's values cannot replay it.
         Exception: whatever the optimizer raises when it cannot be rebuilt or stepped.
     """
+    needs_closure(cls)
     p = torch.nn.Parameter(param.clone())
     accepted = inspect.signature(cls).parameters
     kwargs = {k: _restore(v) for k, v in hparams.items() if k in accepted and k != "params"}
@@ -58,6 +60,29 @@ def replay(
         p.grad = g
     optimizer.step()
     return p.detach()
+
+
+class CannotReplay(Exception):
+    """One parameter's traced values cannot replay this optimizer's step; the message says why."""
+
+
+def needs_closure(cls: type) -> None:
+    """Raise :class:`CannotReplay` when ``cls.step()`` cannot run without a closure."""
+    if issubclass(cls, torch.optim.LBFGS):
+        raise CannotReplay(
+            f"{cls.__name__}.step() re-evaluates the loss through its closure and moves all its parameters as one "
+            "vector: it is replayed from every closure evaluation the trace recorded, over all its parameters, "
+            "not from one parameter's values"
+        )
+    try:
+        closure = inspect.signature(inspect.unwrap(cls.step)).parameters.get("closure")  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise CannotReplay(
+            f"{cls.__name__}.step() requires a closure that re-evaluates the loss, which a replay from one "
+            "parameter's traced values cannot give it"
+        )
 
 
 def _restore(value: Any) -> Any:

@@ -5,7 +5,11 @@ LBFGS treats all its parameters as one flat vector and keeps its whole state
 ``prev_flat_grad``, ``n_iter``, ...) on the first parameter. predict replays
 one ``step()`` with ``max_iter=1`` and no line search, for an optimizer over a
 single parameter tensor: the first step (fresh state, d = −g, t =
-min(1, 1/‖g‖₁)·γ) and, when the state holds the history, every later step.
+min(1, 1/‖g‖₁)·γ) and every later step, from the history in the state (traced
+as parts ``old_dirs.0``, ``old_dirs.1``, …, which `assemble` puts back into
+lists). Every other LBFGS step (several tensors, ``max_iter`` > 1, a line
+search) is checked by replaying ``torch.optim.LBFGS`` on the recorded closure
+evaluations (`tracer._lbfgs_replay`).
 
 An empty state is ambiguous: the first step, or a parameter other than the
 first (which never holds state). So predict needs ``hparams["params"]`` (the
@@ -74,6 +78,34 @@ def _rows(x: Tensor | Sequence | None) -> list[Tensor]:
     return list(x.reshape(x.shape[0], -1))
 
 
+LISTS = ("old_dirs", "old_stps", "ro", "al")
+"""The state keys that hold lists: traced as parts ``old_dirs.0``, ``old_dirs.1``, …"""
+
+
+def assemble(state: dict) -> dict:
+    """State as traced (parts ``old_dirs.0``, ``old_dirs.1``, …) back into torch's lists.
+
+    An empty list writes no part, so a history key missing after the first step is empty.
+
+    >>> sorted(assemble({"n_iter": torch.tensor(2), "old_dirs.1": torch.ones(2), "old_dirs.0": torch.zeros(2)}))
+    ['n_iter', 'old_dirs', 'old_stps', 'ro']
+    """
+    lists: dict[str, dict[int, Tensor]] = {}
+    out: dict = {}
+    for key, v in state.items():
+        head, _, index = str(key).rpartition(".")
+        if head in LISTS and index.isdigit():
+            lists.setdefault(head, {})[int(index)] = v
+        else:
+            out[key] = v
+    for head, items in lists.items():
+        out[head] = [items[i] for i in sorted(items)]
+    if item(out.get("n_iter", 0.0)) > 0:
+        for key in LISTS[:3]:
+            out.setdefault(key, [])
+    return out
+
+
 def _param_count(hparams: dict) -> int | None:
     """How many parameter tensors the group holds, when the caller says (``hparams["params"]``)."""
     params = hparams.get("params")
@@ -86,14 +118,20 @@ def _check(param: Tensor, state: dict, hparams: dict) -> None:
     """Raise CannotPredict where one max_iter=1 step over one tensor is not what ran."""
     if int(hparams.get("max_iter", 20)) != 1:
         raise CannotPredict(
-            f"LBFGS with max_iter={hparams.get('max_iter')} re-evaluates the closure inside one step; "
-            "only max_iter=1 can be replayed"
+            f"LBFGS with max_iter={hparams.get('max_iter')} re-evaluates the closure inside one step; the rule "
+            "takes one evaluation (the step is checked by replaying the recorded closure evaluations)"
         )
     if hparams.get("line_search_fn") is not None:
-        raise CannotPredict(f"LBFGS's line search ({hparams['line_search_fn']}) probes the loss; it cannot be replayed")
+        raise CannotPredict(
+            f"LBFGS's line search ({hparams['line_search_fn']}) re-evaluates the closure inside one step; the rule "
+            "takes one evaluation (the step is checked by replaying the recorded closure evaluations)"
+        )
     count = _param_count(hparams)
     if count is not None and count != 1:
-        raise CannotPredict(f"LBFGS couples its {count} parameters into one vector; predict needs exactly one")
+        raise CannotPredict(
+            f"LBFGS couples its {count} parameters into one vector; the rule takes one (the step is checked by "
+            "replaying it over all of them)"
+        )
     if item(state.get("n_iter", 0.0)) == 0:
         if count is None:
             raise CannotPredict(
@@ -155,6 +193,7 @@ class _LBFGSRule(Rule):
 
     def predict(self, param: Tensor, grad: Tensor | None, state: dict[str, Tensor], hparams: dict) -> Tensor:
         """The parameter after one LBFGS step with max_iter=1 (see the module note)."""
+        state = assemble(state)
         _check(param, state, hparams)
         flat_grad = torch.zeros(param.numel(), dtype=torch.float64) if grad is None else grad.reshape(-1)
         if flat_grad.abs().max() <= value(hparams, "tolerance_grad"):
@@ -196,9 +235,9 @@ RULE = _LBFGSRule(
         "tolerance_change": "tol_Δ",
     },
     note=(
-        "Predicted only for max_iter=1 without a line search, and only when the optimizer holds a single "
-        "parameter tensor: more iterations re-evaluate the loss and a line search probes it, neither of "
-        "which is traced; several parameters are coupled through one flat vector (the first step is scaled "
-        "by 1/‖g‖₁ over all of them), which one parameter's values cannot reproduce."
+        "The rule predicts max_iter=1 without a line search over a single parameter tensor; every other step "
+        "(several tensors coupled through one flat vector, max_iter > 1, a strong-Wolfe line search) is checked "
+        "by replaying torch.optim.LBFGS on the closure evaluations the trace recorded (gradients and loss of "
+        "each, and the parameters each was evaluated at)."
     ),
 )
