@@ -275,10 +275,23 @@ def test_updates_follow_rule(trace):
 def test_update_that_breaks_the_rule_fails(ref_frame):
     broken = with_values(ref_frame, "update", "weight", 1, [0.088, 0.2])
     message = failure(tt.assert_updates_follow_rule, broken)
-    assert message.startswith("1 of 4 traced updates does not follow the rule!")
+    assert message.startswith("1 of 4 traced updates does not follow the rule:\n")
     assert "step 1, 'weight' (SGD" in message
     assert "index (0, 1)" in message
     assert "observed 1.4" in message and "predicted 1.376" in message
+
+
+def test_updates_that_differ_and_updates_not_checked_are_reported_apart(ref_frame):
+    broken = with_values(ref_frame, "update", "weight", 1, [0.088, 0.2])
+    row = broken.index[(broken["kind"] == "param") & (broken["name"] == "bias") & (broken["step"] == 0)][0]
+    broken.at[row, "values"] = None  # not stored, and no verify=True: cannot be checked
+    lines = failure(tt.assert_updates_follow_rule, broken).splitlines()
+    differ, unchecked = (
+        lines.index("1 of 4 traced updates does not follow the rule:"),
+        lines.index("1 of 4 traced updates could not be checked:"),
+    )
+    assert differ == 0 and "step 1, 'weight' (SGD, checked by rule)" in lines[1]
+    assert "step 0, 'bias' (SGD): not checked: the values of param were not stored" in lines[unchecked + 1]
 
 
 def test_unchecked_update_fails_and_names_the_optimizer(tmp_path):

@@ -34,7 +34,7 @@ def _resolve(tolerance: Tolerance, dtype: str) -> tuple[float, float, float]:
     return (
         16 * eps if tolerance.rtol is None else float(tolerance.rtol),
         tiny if tolerance.atol is None else float(tolerance.atol),
-        max(256 * eps, 16 * _finfo("float32")[0]) if tolerance.step_rtol is None else float(tolerance.step_rtol),
+        256 * eps if tolerance.step_rtol is None else float(tolerance.step_rtol),
     )
 
 
@@ -54,9 +54,10 @@ class Tolerance:
     - ``rtol = 16·ε`` (float64 3.6e-15, float32 1.9e-6): a few roundings of θ in its own
       dtype; fused and foreach kernels order the operations differently.
     - ``atol`` = the dtype's smallest normal number: values a kernel flushes to zero.
-    - ``step_rtol = max(256·ε, 16·ε_float32)`` (float64 1.9e-6, float32 3.1e-5): a few
-      roundings of the step itself, never finer than float32's, because torch computes
-      the step size of a tensor learning rate (``lr=torch.tensor(0.01)``) in the lr's dtype.
+    - ``step_rtol = 256·ε`` (float64 5.7e-14, float32 3.1e-5): a few roundings of the
+      step itself. The rules compute every scalar where torch does, in its dtype (a
+      tensor ``lr`` in the lr's, a float32 ``step`` in float32), so float64 steps match to
+      their last bits and a change of 1e-6 of any float64 update is flagged.
 
     A wrong term of a rule moves the step by a large fraction of itself: far more than this.
 
@@ -64,6 +65,7 @@ class Tolerance:
 
         check_updates(run, tolerance=Tolerance(atol=1e-6))   # also allow 1e-6 absolute
         Tolerance().resolve("float32")                       # (1.9e-06, 1.2e-38, 3.1e-05)
+        Tolerance().resolve("float64")                       # (3.6e-15, 2.2e-308, 5.7e-14)
     """
 
     rtol: float | None = None

@@ -5,6 +5,16 @@ report, ``diagnose`` and ``tracer.testing.assert_updates_follow_rule`` all call 
 give the same verdict on every update. :class:`~tracer._check_tolerance.Tolerance` (importable
 from here too) is the one policy behind ``matches``.
 
+How an update is checked (``UpdateCheck.check``):
+
+- ``"rule"``: its values were stored; the optimizer's rule (:mod:`tracer.rules`) predicts the
+  new parameter from the traced param, grad and state, in the dtypes the trace recorded (the
+  parameter's, its scalar state's, a tensor hyper-parameter's), and :class:`Tolerance` judges it.
+- ``"replay"``: no rule fits, but the optimizer class can be rebuilt and stepped once.
+- ``"verify"``: neither could check it (its values were not stored, say), but the trace was
+  made with ``verify=True``: the training process checked the update against the same rule
+  with the default tolerance, and ``rule_matches``/``rule_error`` of its row are the verdict.
+
 >>> checks = check_updates("traces/run1")                  # doctest: +SKIP
 >>> [(c.step, c.name, c.matches) for c in checks][:2]       # doctest: +SKIP
 [(0, 'fc.weight', True), (0, 'fc.bias', True)]
@@ -12,23 +22,32 @@ from here too) is the one policy behind ``matches``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
+import gc
 import math
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tracer import rules
+from tracer._check_judge import Judge, group_of
 from tracer._check_tolerance import Tolerance
-from tracer._checks_stacked import MIN_STACK, predict_stacked, stack_key
-from tracer._replay import find_class, replay
-from tracer._row_checks import is_complex, parse_hparams
-from tracer._trace import UPDATE_KINDS, NameFilter, StepFilter, Trace, TraceLike, filter_frame
+from tracer._lbfgs_trace import is_lbfgs, lbfgs_checks
+from tracer._trace import (
+    UPDATE_COLUMNS,
+    UPDATE_KINDS,
+    NameFilter,
+    StepFilter,
+    Trace,
+    TraceLike,
+    filter_frame,
+    update_rows,
+)
 
 __all__ = ["Tolerance", "UpdateCheck", "build_checks", "check_updates"]
 
@@ -37,16 +56,17 @@ __all__ = ["Tolerance", "UpdateCheck", "build_checks", "check_updates"]
 class UpdateCheck:
     """Everything known about one (step, parameter) update, and the verdict on it.
 
-    ``matches`` is True or False when the rule (``check="rule"``) or a replay
-    (``check="replay"``) predicted the new value, judged by :class:`Tolerance`; None where
-    nothing could check the update, and ``reason`` says why.
+    ``matches`` is True or False when the rule (``check="rule"``), a replay
+    (``check="replay"``) or the training process (``check="verify"``) said whether the
+    update follows the rule, judged by :class:`Tolerance`; None where nothing could check
+    the update, and ``reason`` says why.
     """
 
     step: int
     name: str
     optimizer: str | None  # None: the update was made outside torch.optim
     param_group: int | None
-    hparams: dict[str, Any]
+    hparams: dict[str, Any]  # the param group's, as traced (tracer's reserved keys are in ``context``)
     dtype: str
     shape: tuple[int, ...]
     rule_class: str | None = None  # the class whose rule was used (a base for subclasses)
@@ -65,6 +85,9 @@ class UpdateCheck:
     group_size: int | None = None  # parameters updated in this param group at this step
     mismatches: int = 0  # elements outside the tolerance
     first_mismatch: int | None = None  # flat index of the first of them
+    context: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the trace says about dtypes, for the rule: ``_tensors`` (tensor hyper-parameters'
+    dtypes), ``_default_dtype``, ``_dtype`` (the parameter's), ``_state_dtypes``."""
 
     @property
     def observed(self) -> np.ndarray | None:
@@ -75,10 +98,10 @@ class UpdateCheck:
 
     @property
     def rule_hparams(self) -> dict[str, Any]:
-        """The hyper-parameters a rule sees: LBFGS also needs how many parameters share ‖g‖₁."""
-        if self.group_size is None or "params" in self.hparams:
-            return self.hparams
-        return {**self.hparams, "params": self.group_size}
+        """The hyper-parameters a rule sees: the group's, the recorded dtypes (``context``) and,
+        for LBFGS, how many parameters share ‖g‖₁."""
+        extra = {} if self.group_size is None or "params" in self.hparams else {"params": self.group_size}
+        return {**self.hparams, **self.context, **extra}
 
     @property
     def update_ratio(self) -> float:
@@ -106,9 +129,9 @@ def check_updates(
     """Check every traced update against its optimizer's rule, in training order.
 
     Reads only the rows an update check needs (:meth:`Trace.updates`: grad, param,
-    update and state), never an activation. The checks of a whole Trace are kept with it:
-    asked again (the findings of a report's HTML page), for all steps or some, they are
-    not computed again.
+    update and state), never an activation. The checks of a whole Trace are kept with it
+    (:meth:`Trace.memo`): asked again with the same optimizers and tolerance (the report
+    and the findings of its HTML page), for all steps or some, they are not computed again.
 
     Example::
 
@@ -122,14 +145,21 @@ def check_updates(
         step, name: only these steps / parameters (as in ``tracer.load``).
     """
     opened = Trace.open(trace)
-    key = (tuple(optimizers), tolerance or Tolerance())
-    known = _done.get(opened, {}).get(key)
-    if known is not None and name is None:
-        return _at_steps(known, step)
-    if step is None and name is None:
-        _done.setdefault(opened, {})[key] = build_checks(opened.updates(), opened.meta.optimizer_bases, *key)
-        return list(_done[opened][key])
-    return build_checks(opened.rows(kind=UPDATE_KINDS, step=step, name=name), opened.meta.optimizer_bases, *key)
+    extra, policy = tuple(optimizers), tolerance or Tolerance()
+    known: dict[str, list[UpdateCheck]] = opened.memo(("update-checks", extra, policy), dict)
+    bases = opened.meta.optimizer_bases
+    if "all" not in known and step is None and name is None:
+        known["all"] = build_checks(opened.updates(), bases, extra, policy, losses=lambda: _losses(opened, None))
+    if "all" in known and name is None:
+        return _at_steps(known["all"], step)
+    rows = update_rows(opened, kind=UPDATE_KINDS, step=step, name=name, columns=UPDATE_COLUMNS)
+    return build_checks(rows, bases, extra, policy, losses=lambda: _losses(opened, step))
+
+
+def _losses(trace: Trace, step: StepFilter) -> pd.DataFrame:
+    """The loss rows an LBFGS replay needs (one per closure evaluation); empty when none."""
+    rows = trace.rows(kind="loss", step=step, columns=("step", "call", "values"))
+    return rows if {"step", "call", "values"} <= set(rows.columns) else pd.DataFrame()
 
 
 def _at_steps(checks: list[UpdateCheck], step: StepFilter) -> list[UpdateCheck]:
@@ -141,37 +171,66 @@ def _at_steps(checks: list[UpdateCheck], step: StepFilter) -> list[UpdateCheck]:
     return [c for c in checks if c.step in wanted]
 
 
-_done: weakref.WeakKeyDictionary[Trace, dict[tuple[Any, ...], list[UpdateCheck]]] = weakref.WeakKeyDictionary()
-"""The checks of every update of a Trace, per (optimizers, tolerance), kept while the Trace lives."""
-
-
 def build_checks(
     df: pd.DataFrame,
     optimizer_bases: dict[str, list[str]],
     extra_classes: Sequence[type] = (),
     tolerance: Tolerance | None = None,
+    losses: Callable[[], pd.DataFrame] | None = None,
 ) -> list[UpdateCheck]:
-    """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state)."""
-    judge = _Judge(optimizer_bases, tuple(extra_classes))
+    """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state);
+    ``losses()`` gives the loss rows, read only when an LBFGS step needs them."""
+    with _no_gc():  # it makes a few objects per row, none in a cycle: collecting them is wasted
+        lbfgs = {}
+        named = set(df["optimizer"].dropna().tolist()) if len(df) and "optimizer" in df.columns else set()
+        if any(is_lbfgs(o, optimizer_bases) for o in named):
+            lbfgs = lbfgs_checks(df, losses() if losses else pd.DataFrame(), optimizer_bases)
+        return _build(df, optimizer_bases, extra_classes, tolerance, lbfgs)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused (as it was before, after): a long trace's checks
+    make hundreds of thousands of objects, and each collection walks all of them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _build(
+    df: pd.DataFrame,
+    optimizer_bases: dict[str, list[str]],
+    extra_classes: Sequence[type],
+    tolerance: Tolerance | None,
+    lbfgs: dict[tuple[int, str], Any],
+) -> list[UpdateCheck]:
+    judge = Judge(optimizer_bases, tuple(extra_classes), UpdateCheck, lbfgs)
     events, group_sizes = _events(df)
     checks = []
     for (step, name), entry in events.items():
         upd = entry.get("update")
         if upd is None:
             continue
-        check = judge.new_check(int(step), str(name), upd, entry.get("param"), entry.get("grad"))
+        par, grd = entry.get("param"), entry.get("grad")
+        check = judge.new_check(int(step), str(name), upd, par, grd)
         # a rule may need the size of the group (LBFGS's first step scales by ‖g‖₁ of all)
         check.group_size = group_sizes.get((step, upd["optimizer"], check.param_group))
-        judge.run(check, upd, entry.get("param"), entry.get("grad"), entry["state"])
+        judge.run(check, upd, par, grd, entry["state"])
         checks.append(check)
     judge.finish()
     (tolerance or Tolerance()).judge([c for c in checks if c.predicted is not None])
+    judge.diverged(checks)
+    judge.verified(checks)
     checks.sort(key=lambda c: c.step)  # stable: training order within a step
     return checks
 
 
 _EVENT_COLUMNS = ("step", "name", "kind", "part", "optimizer", "param_group", "hparams", "dtype", "shape", "numel",
-                  "norm", "values")  # fmt: skip
+                  "norm", "values", "rule_error", "rule_matches", "call")  # fmt: skip
 
 
 def _events(df: pd.DataFrame) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[tuple[Any, ...], int]]:
@@ -180,220 +239,37 @@ def _events(df: pd.DataFrame) -> tuple[dict[tuple[int, str], dict[str, Any]], di
     columns = [c for c in _EVENT_COLUMNS if c in rows.columns]
     # one pass in plain Python: pandas grouping per update costs far more than the check
     events: dict[tuple[int, str], dict[str, Any]] = {}
-    group_sizes: dict[tuple[Any, ...], int] = {}
-    for values in zip(*(rows[c].tolist() for c in columns)):
-        row = dict(zip(columns, values))
-        entry = events.setdefault((row["step"], row["name"]), {"state": []})
-        if row["kind"] == "state":
+    for key, row in zip(zip(rows["step"].tolist(), rows["name"].tolist()), _records(rows, columns)):
+        entry = events.get(key)
+        if entry is None:
+            entry = events[key] = {"state": []}
+        kind = row["kind"]
+        if kind != "state" and row.get("call", 0) != 0:
+            continue  # LBFGS's later closure evaluations: the LBFGS replay reads them from the frame
+        if kind == "state":
             entry["state"].append(row)
-        else:
-            entry.setdefault(row["kind"], row)
-        if row["kind"] == "param":
-            key = (row["step"], row.get("optimizer"), _group(row.get("param_group")))
-            group_sizes[key] = group_sizes.get(key, 0) + 1
+        elif kind not in entry:
+            entry[kind] = row
+    group_sizes: dict[tuple[Any, ...], int] = {}
+    for (step, _), entry in events.items():
+        par = entry.get("param")
+        if par is not None:
+            group = (step, par.get("optimizer"), group_of(par.get("param_group")))
+            group_sizes[group] = group_sizes.get(group, 0) + 1
     return events, group_sizes
 
 
-def _group(value: Any) -> int | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA else int(value)
+def _records(rows: pd.DataFrame, columns: list[str]) -> Any:
+    """The rows as dicts of ``columns``, made from whole columns (not row by row)."""
+    return (dict(zip(columns, values)) for values in zip(*(_as_list(rows[c]) for c in columns)))
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _values(row: dict[str, Any] | None) -> np.ndarray | None:
-    """The row's values in its shape, float64 (a complex tensor as its real view, shape + (2,),
-    as ``torch.optim`` steps it); None when not stored. A view, not a copy."""
-    values = None if row is None else row.get("values")
-    if row is None or values is None or isinstance(values, float):  # NaN: not stored
-        return None
-    array = values if type(values) is np.ndarray else np.asarray(values)
-    if array.dtype.kind == "c":
-        array = np.ascontiguousarray(array, dtype=np.complex128).view(np.float64)
-    return array.astype(np.float64, copy=False).reshape(_checked_shape(row))
-
-
-def _checked_shape(row: dict[str, Any]) -> tuple[int, ...]:
-    """The shape of what is checked: a complex parameter's real view has a last axis of 2."""
-    shape = row["shape"]
-    dims = tuple(shape.tolist() if type(shape) is np.ndarray else (int(s) for s in shape))
-    return (*dims, 2) if _is_complex(row["dtype"]) else dims
-
-
-_is_complex = functools.cache(is_complex)
-
-
-def _tensor(array: np.ndarray, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """A tensor of its own (the arrays are read-only views of the trace) for a rule to compute on."""
-    tensor = torch.from_numpy(np.array(array, dtype=np.float64))
-    return tensor if dtype == torch.float64 else tensor.to(dtype)
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    """The dtype a checked tensor is replayed in: a complex one's real view takes its parts' dtype."""
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        return torch.float64
-    return dtype.to_real() if dtype.is_complex else dtype
-
-
-NO_OPTIMIZER = "no optimizer made this update (a change outside torch.optim), so no rule says what it should be"
-
-_BAD_HPARAMS = (TypeError, ValueError, KeyError, ArithmeticError)
-"""What a rule raises on hyper-parameters of the wrong type (a damaged or hand-made trace)."""
-
-
-def _bad_hparams(rule_class: str | None, exc: Exception) -> str:
-    return (
-        f"the traced hyper-parameters do not fit the {rule_class} rule ({type(exc).__name__}: {exc}); "
-        "is the trace's hparams column damaged?"
-    )
-
-
-class _Judge:
-    """Checks the updates; what many of them share (rule lookup, hparams, rule text) is done once."""
-
-    def __init__(self, bases: dict[str, list[str]], extra: tuple[type, ...]) -> None:
-        self.bases, self.extra = bases, extra
-        self._pending: dict[Any, list[tuple[UpdateCheck, rules.Rule, str | None, Any, Any]]] = {}
-        self._hparams: dict[str, dict[str, Any]] = {}
-        self._rules: dict[str, tuple[rules.Rule | None, str | None]] = {}
-        self._texts: dict[tuple[str, str], tuple[str, str] | str] = {}
-
-    def new_check(self, step: int, name: str, upd: dict[str, Any], par: Any, grd: Any) -> UpdateCheck:
-        hp_text = upd.get("hparams")
-        if isinstance(hp_text, str) and hp_text not in self._hparams:
-            self._hparams[hp_text] = parse_hparams(hp_text, f"the hparams of the update of {name!r} at step {step}")
-        check = UpdateCheck(
-            step=step,
-            name=name,
-            optimizer=_text(upd.get("optimizer")),
-            param_group=_group(upd.get("param_group")),
-            hparams=dict(self._hparams[hp_text]) if isinstance(hp_text, str) else {},
-            dtype=str(par["dtype"]) if par is not None else "float64",
-            shape=_checked_shape(upd),
-        )
-        check.norms = {
-            "update": float(upd["norm"]),
-            "param": float(par["norm"]) if par is not None else math.nan,
-            "grad": float(grd["norm"]) if grd is not None else math.nan,
-        }
-        return check
-
-    def rule(self, optimizer: str) -> tuple[rules.Rule | None, str | None]:
-        if optimizer not in self._rules:
-            self._rules[optimizer] = rules.rule_for(optimizer, self.bases.get(optimizer, []))
-        return self._rules[optimizer]
-
-    def describe(self, check: UpdateCheck, rule: rules.Rule, used: str | None, hp_text: str) -> bool:
-        """Fill in the rule's text and LaTeX; False (with the reason) when the hparams do not fit it."""
-        key = (str(used), hp_text)
-        if key not in self._texts:
-            try:
-                self._texts[key] = (rule.text(check.hparams), rule.latex(check.hparams))
-            except _BAD_HPARAMS as exc:
-                self._texts[key] = _bad_hparams(used, exc)
-        texts = self._texts[key]
-        if isinstance(texts, str):
-            check.reason = texts
-            return False
-        check.rule, check.latex = texts
-        check.rule_class = used
-        return True
-
-    def run(
-        self, check: UpdateCheck, upd: dict[str, Any], par: Any, grd: Any, state_rows: list[dict[str, Any]]
-    ) -> None:
-        rule, used = self.rule(check.optimizer) if check.optimizer is not None else (None, None)
-        if rule is not None and not self.describe(check, rule, used, str(upd.get("hparams"))):
-            return
-        if not self._take_values(check, upd, par, grd, state_rows):
-            return
-        if check.optimizer is None:
-            check.reason = NO_OPTIMIZER
-            return
-        if rule is not None:  # predicted in :meth:`finish`, stacked where the rule allows it
-            key = stack_key(check, used, str(upd.get("hparams")))
-            self._pending.setdefault(key or id(check), []).append((check, rule, used, grd, state_rows))
-        else:
-            self._replay(check, grd, state_rows, [f"no update rule is known for {check.optimizer}"])
-
-    def finish(self) -> None:
-        """Predict every update :meth:`run` left to its rule: a stack of steps at once where the
-        rule gives each step as it would alone (:mod:`tracer._checks_stacked`), else one by one."""
-        for group in self._pending.values():
-            rule = group[0][1]
-            stacked = predict_stacked(rule, [g[0] for g in group], self._inputs) if len(group) >= MIN_STACK else None
-            for i, (check, _, used, grd, state_rows) in enumerate(group):
-                if stacked is not None:
-                    check.check, check.predicted = "rule", stacked[i]
-                else:
-                    self._predict_alone(check, rule, used, grd, state_rows)
-        self._pending.clear()
-
-    def _predict_alone(self, check: UpdateCheck, rule: rules.Rule, used: str | None, grd: Any, state_rows: Any) -> None:
-        try:
-            predicted = rule.predict(*self._inputs(check), check.rule_hparams)
-        except rules.CannotPredict as exc:
-            self._replay(check, grd, state_rows, [f"the {used} rule cannot predict this update: {exc}"])
-        except _BAD_HPARAMS as exc:
-            check.reason = _bad_hparams(used, exc)
-        else:
-            self._settle(check, "rule", predicted)
-
-    def _take_values(self, check: UpdateCheck, upd: Any, par: Any, grd: Any, state_rows: list[Any]) -> bool:
-        """The traced arrays onto ``check``; False (with the reason) when some were not stored."""
-        param, update, grad = _values(par), _values(upd), _values(grd)
-        missing = [] if param is not None and update is not None else ["param" if param is None else "update"]
-        if grd is not None and grad is None:
-            missing.append("grad")
-        for srow in state_rows:
-            value = _values(srow)
-            if value is None:
-                missing.append(f"state {srow['part']}")
-            else:
-                check.state[str(srow["part"])] = value
-        if missing:
-            check.reason = (
-                f"the values of {', '.join(missing)} were not stored ({int(upd['numel'])} elements, more than "
-                "max_values); trace with max_values=None to check this update"
-            )
-            return False
-        check.param, check.update, check.grad = param, update, grad
-        return True
-
-    @staticmethod
-    def _inputs(check: UpdateCheck) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        assert check.param is not None
-        grad = None if check.grad is None else _tensor(check.grad)
-        return _tensor(check.param), grad, {k: _tensor(v) for k, v in check.state.items()}
-
-    def _replay(self, check: UpdateCheck, grd: Any, state_rows: list[dict[str, Any]], reasons: list[str]) -> None:
-        """Check by stepping a fresh optimizer of the traced class, where one can be rebuilt."""
-        assert check.optimizer is not None and check.param is not None
-        cls, found = find_class(check.optimizer, self.bases.get(check.optimizer, []), self.extra)
-        if cls is None:
-            check.reason = "; ".join([*reasons, found])
-            return
-        dtypes = {str(r["part"]): _torch_dtype(str(r["dtype"])) for r in state_rows}
-        try:
-            new = replay(
-                cls,
-                _tensor(check.param, _torch_dtype(check.dtype)),
-                None if check.grad is None else _tensor(check.grad, _torch_dtype(str(grd["dtype"]))),
-                {k: _tensor(v, dtypes[k]) for k, v in check.state.items()},
-                check.hparams,
-            )
-        except Exception as exc:
-            reasons.append(f"replaying {found} failed: {type(exc).__name__}: {exc}")
-            check.reason = "; ".join(reasons)
-            return
-        self._settle(check, "replay", new)
-        check.reason = "; ".join(reasons) or None
-
-    @staticmethod
-    def _settle(check: UpdateCheck, how: str, predicted: torch.Tensor) -> None:
-        """Keep the prediction; :meth:`Tolerance.judge` compares all of them at the end."""
-        check.check = how
-        check.predicted = predicted.detach().reshape(-1).numpy().astype(np.float64, copy=False)
+def _as_list(column: pd.Series) -> list[Any]:
+    """A column as a list. An Arrow-backed string column (kind, name, hparams, ...) repeats a
+    few strings many times: each distinct one is made into a Python string once."""
+    arrow = getattr(column.array, "_pa_array", None)
+    if arrow is None or not pa.types.is_string(arrow.type) and not pa.types.is_large_string(arrow.type):
+        return column.tolist()
+    encoded = pc.dictionary_encode(arrow).combine_chunks()
+    strings = encoded.dictionary.to_pylist()
+    return [None if i is None else strings[i] for i in encoded.indices.to_pylist()]

@@ -34,7 +34,8 @@ def stack_key(check: UpdateCheck, rule_class: str | None, hparams_text: str) -> 
     """What the steps of one stack share: rule, hyper-parameters, shapes and the state's keys."""
     if check.param is None:
         return None
-    state = tuple(sorted((k, v.shape) for k, v in check.state.items()))
+    dtypes = check.context.get("_state_dtypes") or {}
+    state = tuple(sorted((k, v.shape, dtypes.get(k)) for k, v in check.state.items()))
     grad = None if check.grad is None else check.grad.shape
     return (rule_class, hparams_text, check.name, check.param.shape, check.dtype, grad, state, check.group_size)
 

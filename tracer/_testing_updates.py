@@ -27,19 +27,19 @@ def failures(checks: Sequence[UpdateCheck], tolerance: Tolerance, source: str) -
             f"no updates to check in {source}{outside}: trace an optimizer with capture including "
             "'grad', 'param' and 'update'"
         )
-    problems = [problem(c, tolerance) for c in checks if c.matches is not True]
-    if not problems:
+    wrong = [c for c in checks if c.matches is False]
+    unchecked = [c for c in checks if c.matches is None]
+    if not wrong and not unchecked:
         return None
-    unchecked = sum(c.matches is None for c in checks)
-    wrong, total = len(problems) - unchecked, len(checks)
-    counts = []
-    if wrong:
-        counts.append(f"{wrong} of {total} traced updates {'does' if wrong == 1 else 'do'} not follow the rule")
-    if unchecked:
-        counts.append(f"{unchecked} of {total} traced updates could not be checked")
-    lines = ["; ".join(counts) + "!", "", *problems[:MAX_LISTED]]
-    if len(problems) > MAX_LISTED:
-        lines.append(f"... and {len(problems) - MAX_LISTED} more")
+    total, lines = len(checks), list[str]()
+    # two different findings, never lumped: an update that differs is a bug (in the optimizer,
+    # the loop or the trace); one that could not be checked is a gap in what was traced
+    verb = "does not" if len(wrong) == 1 else "do not"
+    for group, head in ((wrong, f"{verb} follow the rule"), (unchecked, "could not be checked")):
+        if group:
+            lines += [*([""] if lines else []), f"{len(group)} of {total} traced updates {head}:"]
+            lines += [problem(c, tolerance) for c in group[:MAX_LISTED]]
+            lines += [f"  ... and {len(group) - MAX_LISTED} more"] if len(group) > MAX_LISTED else []
     lines.append(f"trace: {source}")
     return "\n".join(lines)
 
@@ -52,6 +52,8 @@ def problem(check: UpdateCheck, tolerance: Tolerance) -> str:
         return f"  {where}: not checked: {check.reason or 'no reason was given'}"
     rule = f"\n      rule: {check.rule}" if check.rule else ""
     observed, flat = check.observed, check.first_mismatch
+    if check.check == "verify":
+        return f"  {where}: the training process found it off by up to {check.max_abs_error:.6g}{rule}"
     if check.predicted is None or observed is None or flat is None:
         return f"  {where}: does not match (max abs error {check.max_abs_error}){rule}"
     return (

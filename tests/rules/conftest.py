@@ -16,6 +16,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from tracer._hparams import hparams_json
+
 
 @dataclasses.dataclass
 class Record:
@@ -46,14 +48,16 @@ def snapshot_state(state: dict) -> dict[str, Tensor]:
 
 
 def snapshot_hparams(group: dict) -> dict:
-    """The param group without ``params``, as a JSON round trip gives it back."""
+    """The param group without ``params``, as the trace's JSON gives it back (with the
+    dtypes of tensor hyper-parameters under ``_tensors``)."""
+    return json.loads(hparams_json(group))
 
-    def default(obj):
-        if isinstance(obj, Tensor):
-            return obj.item()
-        raise TypeError(type(obj))
 
-    return json.loads(json.dumps({k: v for k, v in group.items() if k != "params"}, default=default))
+def rule_hparams(group: dict, p: Tensor, state: dict) -> dict:
+    """What a rule sees for ``p``, as ``tracer._checks`` gives it: the group's hyper-parameters
+    and the dtypes the trace records (the parameter's, its state's)."""
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items() if isinstance(v, Tensor)}
+    return {**snapshot_hparams(group), "_dtype": str(p.dtype).removeprefix("torch."), "_state_dtypes": dtypes}
 
 
 def snapshot_grad(p: Tensor) -> Tensor | None:
@@ -80,7 +84,6 @@ def replay_steps(
         loss_fn().backward()
         current = []
         for group in optimizer.param_groups:
-            hparams = snapshot_hparams(group)
             for p in group["params"]:
                 rec = Record(
                     name=names[id(p)],
@@ -88,7 +91,7 @@ def replay_steps(
                     param=p.detach().to(torch.float64).clone(),
                     grad=snapshot_grad(p),
                     state=snapshot_state(optimizer.state.get(p, {})),
-                    hparams=hparams,
+                    hparams=rule_hparams(group, p, optimizer.state.get(p, {})),
                 )
                 current.append((p, rec))
         if closure:

@@ -55,7 +55,7 @@ def decayed(param: Tensor, grad: Tensor, hparams: Mapping, parts: dict) -> tuple
     """The Adam family's first lines: maximize, then decoupled decay of θ or L2 decay of g."""
     weight_decay, decoupled = value(hparams, "weight_decay"), flag(hparams, "decoupled_weight_decay")
     if decoupled and weight_decay != 0:
-        param = param.mul(1 - value(hparams, "lr") * weight_decay)
+        param = param.mul(1 - hparam(hparams, "lr") * weight_decay)  # a tensor lr: in its dtype
     parts["theta"] = param
     return param, gradient(param, grad, hparams, parts, l2=not decoupled)
 
@@ -81,18 +81,72 @@ def pair(hparams: Mapping, key: str) -> tuple[float, float]:
     return item(first), item(second)
 
 
-def scalar_dtype() -> torch.dtype:
-    """The dtype torch.optim gives scalar state (``step``, ``mu_product``, ``eta``).
+# -- what the trace says about dtypes ----------------------------------------
+# The hparams a rule sees carry, besides the param group's keys, what the trace recorded
+# about dtypes under reserved keys (tracer._checks fills them in):
+TENSORS = "_tensors"  # hparam -> {"dtype", "device"} of a tensor value (a list for betas)
+DEFAULT_DTYPE = "_default_dtype"  # the training process's default dtype, when not float32
+PARAM_DTYPE = "_dtype"  # the parameter's dtype ("float32", "complex64", ...)
+STATE_DTYPES = "_state_dtypes"  # state key -> its dtype, for the state the step read
 
-    Mirrors ``torch.optim.optimizer._get_scalar_dtype``: float64 when the
-    default dtype is float64, else float32.
+
+def dtype_named(name: object, default: torch.dtype) -> torch.dtype:
+    """``torch.float32`` for ``"float32"``; ``default`` for anything that names no dtype."""
+    found = getattr(torch, name, None) if isinstance(name, str) else None
+    return found if isinstance(found, torch.dtype) else default
+
+
+def param_dtype(hparams: Mapping) -> torch.dtype:
+    """The dtype the parameter's arithmetic ran in (a complex one's parts); float64 if unknown."""
+    dtype = dtype_named(hparams.get(PARAM_DTYPE), torch.float64)
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+def scalar_dtype(hparams: Mapping) -> torch.dtype:
+    """The dtype of the optimizer's scalar state (``step``, ``mu_product``, ``eta``).
+
+    torch makes it with ``torch.optim.optimizer._get_scalar_dtype``: float32 for a fused
+    optimizer, else float64 when the default dtype is float64, else float32. The dtype the
+    trace recorded for ``step`` wins; before the first step, the fused flag and the training
+    process's default dtype (``_default_dtype``) decide, never the reading process's.
     """
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    recorded = (hparams.get(STATE_DTYPES) or {}).get("step")
+    if recorded is not None and dtype_named(recorded, torch.float32).is_floating_point:
+        return dtype_named(recorded, torch.float32)
+    if flag(hparams, "fused"):
+        return torch.float32
+    default = dtype_named(hparams.get(DEFAULT_DTYPE), torch.float32)
+    return torch.float64 if default == torch.float64 else torch.float32
 
 
-def as_scalar_state(x: float) -> float:
+def as_scalar_state(x: float | Tensor, hparams: Mapping) -> float:
     """Round ``x`` the way storing it in a scalar state tensor would."""
-    return torch.tensor(x, dtype=scalar_dtype()).item()
+    dtype = scalar_dtype(hparams)  # never the reading process's default dtype, which as_tensor takes
+    return (x.to(dtype) if isinstance(x, Tensor) else torch.tensor(x, dtype=dtype)).item()
+
+
+def hparam(hparams: Mapping, key: str, default: float = 0.0) -> float | Tensor:
+    """A numeric hparam as torch held it: a 0-d tensor of its recorded dtype where the group
+    held a tensor (torch then computes with it in that dtype), else a float."""
+    got = hparams.get(key, default)
+    if got is None:
+        return default
+    spec = (hparams.get(TENSORS) or {}).get(key)
+    return _as_held(got, spec)
+
+
+def hparam_pair(hparams: Mapping, key: str) -> tuple[float | Tensor, float | Tensor]:
+    """A two-number hparam (``betas``), each as torch held it (see :func:`hparam`)."""
+    first, second = hparams[key]
+    specs = (hparams.get(TENSORS) or {}).get(key)
+    specs = specs if isinstance(specs, list) and len(specs) == 2 else [specs, specs]
+    return _as_held(first, specs[0]), _as_held(second, specs[1])
+
+
+def _as_held(got: object, spec: object) -> float | Tensor:
+    if isinstance(spec, Mapping):
+        return torch.tensor(item(got), dtype=dtype_named(spec.get("dtype"), torch.float32))  # type: ignore[arg-type]
+    return item(got)  # type: ignore[arg-type]
 
 
 def step_of(state: Mapping[str, Tensor | float]) -> float:
@@ -107,8 +161,3 @@ def state_or(state: Mapping[str, Tensor], key: str, like: Tensor, fill: float = 
     if got is None:
         return torch.full_like(like, fill, dtype=torch.float64)
     return got.to(torch.float64)
-
-
-def looks_float32(*tensors: Tensor) -> bool:
-    """Whether every value is exactly a float32 (the caller's cast hides the dtype)."""
-    return all(torch.equal(t, t.to(torch.float32).to(t.dtype)) for t in tensors)

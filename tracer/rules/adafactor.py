@@ -1,10 +1,9 @@
 """Rule for `torch.optim.Adafactor` (factored second moment for ≥2-D parameters).
 
-With ``eps=(None, ε₂)`` torch uses ``torch.finfo(param.dtype).eps`` for ε₁.
-The caller's float64 cast hides the dtype, so predict takes float32's eps
-when every value of the parameter and gradient is exactly a float32, and
-float64's otherwise. ε₁ only matters once the second-moment estimates fall
-near ε₁² (or their row mean near ε₁).
+With ``eps=(None, ε₂)`` torch uses ``torch.finfo(param.dtype).eps`` for ε₁:
+predict takes the eps of the dtype the trace recorded for the parameter
+(float64 where none is known). ε₁ only matters once the second-moment
+estimates fall near ε₁² (or their row mean near ε₁).
 
 Its lines and compute follow the common pattern, its explain does not: α (from
 the RMS of the whole parameter), the clipping by RMS(U) and, for a matrix, the
@@ -17,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._base import MINUS, Line, Rule, arg, flag, item, no_grad_line, num, scalars
-from ._shared import gradient, looks_float32, state_or, step_of, value
+from ._base import MINUS, Line, Rule, arg, flag, item, no_grad_line, num
+from ._shared import gradient, param_dtype, state_or, step_of, value
 
 LINES = (
     Line("G ← −G", r"G_t \leftarrow -G_t", when="maximize"),
@@ -51,13 +50,12 @@ LINES = (
 )
 
 
-def _eps1(hparams: dict, param: Tensor, grad: Tensor) -> float:
-    """ε₁: the group's value, or the machine epsilon of the parameter's (inferred) dtype."""
+def _eps1(hparams: dict) -> float:
+    """ε₁: the group's value, or the machine epsilon of the parameter's recorded dtype."""
     eps1 = hparams["eps"][0]
     if eps1 is not None:
         return item(eps1)
-    dtype = torch.float32 if looks_float32(param, grad) else torch.float64
-    return torch.finfo(dtype).eps
+    return torch.finfo(param_dtype(hparams)).eps
 
 
 def _factor(state: dict, key: str, shape: list[int]) -> Tensor:
@@ -69,7 +67,7 @@ def _factor(state: dict, key: str, shape: list[int]) -> Tensor:
 def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     """Replay `_single_tensor_adafactor` for one tensor."""
     lr, weight_decay = value(hparams, "lr"), value(hparams, "weight_decay")
-    eps1, eps2 = _eps1(hparams, param, grad), item(hparams["eps"][1])
+    eps1, eps2 = _eps1(hparams), item(hparams["eps"][1])
     step = step_of(state) + 1
     parts: dict = {}
     g = gradient(param, grad, hparams, parts, l2=False)  # its weight decay is decoupled, below
@@ -119,11 +117,10 @@ class _AdafactorRule(Rule):
         rho = min(lr, 1 / step**0.5)
         lines.append(f"ρ: min({arg(lr)}, 1/√{step}) = {num(rho)}")
         if "variance" in state:
-            p, gt, _ = scalars(param, grad, state)
             old = state["variance"]
             v_hat = beta2_hat * old + one_minus * g * g
             lines.append(f"V̂: {arg(beta2_hat)} · {arg(old)} + {arg(one_minus)} · {arg(g)}² = {num(v_hat)}")
-            u = g / max(v_hat**0.5, _eps1(hparams, p, gt))
+            u = g / max(v_hat**0.5, _eps1(hparams))
             lines.append(f"U: {arg(g)} / √{arg(v_hat)} = {num(u)}")
         elif "row_var" in state or "col_var" in state:
             for name, key, along in (("R", "row_var", "row"), ("C", "col_var", "column")):

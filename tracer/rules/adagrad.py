@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._base import Line, Pick, Rule
-from ._shared import L2, MAXIMIZE, gradient, read, step_of, value
+from ._base import Line, Pick, Rule, item
+from ._shared import L2, MAXIMIZE, gradient, hparam, read, step_of, value
 
 LINES = (
     MAXIMIZE,
@@ -49,11 +49,11 @@ def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     step = step_of(state) + 1
     parts: dict = {"t": int(step)}
     g = gradient(param, grad, hparams, parts)
-    clr = parts["clr"] = value(hparams, "lr") / (1 + (step - 1) * value(hparams, "lr_decay"))
+    clr = parts["clr"] = hparam(hparams, "lr") / (1 + (step - 1) * value(hparams, "lr_decay"))
     state_sum = read(parts, state, "sum", param, fill=value(hparams, "initial_accumulator_value"))
     state_sum = parts["s"] = state_sum.addcmul(g, g, value=1)
     std = state_sum.sqrt().add(value(hparams, "eps"))
-    parts["param"] = param.addcdiv(g, std, value=-clr)
+    parts["param"] = param.addcdiv(g, std, value=-item(clr))
     return parts
 
 

@@ -7,15 +7,17 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from ._base import Line, Rule, ema, flag
+from ._base import Line, Rule, ema, flag, item
 from ._shared import (
     DECAY,
     MAXIMIZE,
     MOMENT1,
     MOMENT2,
     decayed,
-    pair,
+    hparam,
+    hparam_pair,
     read,
+    scalar_dtype,
     step_of,
     value,
 )
@@ -55,21 +57,33 @@ LINES = (
 
 
 def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
-    """Replay `_single_tensor_adam` (non-capturable branch) for one tensor."""
-    beta1, beta2 = pair(hparams, "betas")
+    """Replay `_single_tensor_adam` for one tensor: its plain branch, or with ``capturable``
+    or ``differentiable`` its tensor branch (``step`` and the bias corrections 0-d tensors of
+    the scalar state's dtype). A tensor ``lr`` or ``betas`` computes in its own dtype."""
+    lr = hparam(hparams, "lr")
+    beta1, beta2 = hparam_pair(hparams, "betas")
     step = step_of(state) + 1
-    parts: dict = {"beta1": beta1, "beta2": beta2, "t": int(step)}
+    parts: dict = {"beta1": item(beta1), "beta2": item(beta2), "t": int(step)}
     param, g = decayed(param, grad, hparams, parts)
-    exp_avg = parts["m"] = read(parts, state, "exp_avg", param).lerp(g, 1 - beta1)
-    exp_avg_sq = parts["v"] = read(parts, state, "exp_avg_sq", param).mul(beta2).addcmul(g, g, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
+    exp_avg = parts["m"] = read(parts, state, "exp_avg", param).lerp(g, 1 - item(beta1))
+    exp_avg_sq = parts["v"] = read(parts, state, "exp_avg_sq", param).mul(beta2).addcmul(g, g, value=item(1 - beta2))
     if flag(hparams, "amsgrad"):
         exp_avg_sq = parts["v_max"] = torch.maximum(read(parts, state, "max_exp_avg_sq", param), exp_avg_sq)
+    tensor_branch = flag(hparams, "capturable") or flag(hparams, "differentiable")
+    t = torch.tensor(step, dtype=scalar_dtype(hparams)) if tensor_branch else step
+    bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
     parts["m_hat"] = lambda: exp_avg / bias_correction1  # for explain only: torch folds them into the step
     parts["v_hat"] = lambda: exp_avg_sq / bias_correction2
-    denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add(value(hparams, "eps"))
-    parts["param"] = param.addcdiv(exp_avg, denom, value=-value(hparams, "lr") / bias_correction1)
+    step_size = lr / bias_correction1
+    eps = value(hparams, "eps")
+    if tensor_branch:
+        step_size_neg = torch.as_tensor(step_size).neg()
+        bias_correction2_sqrt = torch.as_tensor(bias_correction2).sqrt()
+        denom = (exp_avg_sq.sqrt() / (bias_correction2_sqrt * step_size_neg)).add(eps / step_size_neg)
+        parts["param"] = param.addcdiv(exp_avg, denom)
+    else:
+        denom = (exp_avg_sq.sqrt() / bias_correction2**0.5).add(eps)
+        parts["param"] = param.addcdiv(exp_avg, denom, value=-item(step_size))
     return parts
 
 

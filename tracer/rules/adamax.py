@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._base import Line, Rule
-from ._shared import L2, MAXIMIZE, MOMENT1, gradient, pair, read, step_of, value
+from ._shared import L2, MAXIMIZE, MOMENT1, gradient, hparam, pair, read, step_of, value
 
 LINES = (
     MAXIMIZE,
@@ -33,7 +33,7 @@ def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     exp_avg = parts["m"] = read(parts, state, "exp_avg", param).lerp(g, 1 - beta1)
     norm_buf = g.abs().add(value(hparams, "eps"))
     exp_inf = parts["u"] = torch.maximum(read(parts, state, "exp_inf", param).mul(beta2), norm_buf)
-    clr = value(hparams, "lr") / (1 - beta1**step)
+    clr = hparam(hparams, "lr") / (1 - beta1**step)
     parts["param"] = param.addcdiv(exp_avg, exp_inf, value=-clr)
     return parts
 

@@ -1,8 +1,8 @@
 """Rule for `torch.optim.ASGD` (averaged SGD: decay λ, power α, averaging start t₀).
 
 The step size η and averaging weight μ live in scalar state tensors
-(``eta``, ``mu``) of the scalar dtype (float32 unless the default dtype is
-float64); the parameter update reads ``eta`` from the state, and a fresh state
+(``eta``, ``mu``) of the scalar dtype (float32 unless the training process's
+default dtype was float64; the dtype the trace recorded); the parameter update reads ``eta`` from the state, and a fresh state
 starts with η = lr rounded to that dtype, as torch does.
 """
 
@@ -13,7 +13,7 @@ import dataclasses
 from torch import Tensor
 
 from ._base import Line, Rule, item
-from ._shared import L2, MAXIMIZE, as_scalar_state, gradient, read, step_of, value
+from ._shared import L2, MAXIMIZE, as_scalar_state, gradient, hparam, read, step_of, value
 
 LINES = (
     MAXIMIZE,
@@ -37,11 +37,11 @@ LINES = (
 
 def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     """Replay `_single_tensor_asgd` (non-capturable branch) for one tensor."""
-    lr, lambd, alpha = value(hparams, "lr"), value(hparams, "lambd"), value(hparams, "alpha")
+    lr, lambd, alpha = hparam(hparams, "lr"), value(hparams, "lambd"), value(hparams, "alpha")
     step = step_of(state) + 1
     parts: dict = {}
     g = gradient(param, grad, hparams, parts)
-    eta = parts["eta"] = item(state["eta"]) if "eta" in state else as_scalar_state(lr)
+    eta = parts["eta"] = item(state["eta"]) if "eta" in state else as_scalar_state(lr, hparams)
     mu = parts["mu"] = item(state["mu"]) if "mu" in state else 1.0
     param = parts["param"] = param.mul(1 - lambd * eta).add(g, alpha=-eta)
     if mu != 1:
@@ -49,8 +49,8 @@ def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
         parts["ax_t"] = ax.add(param.sub(ax).mul(mu))
     else:
         parts["ax_t"] = param.clone()
-    parts["eta_next"] = as_scalar_state(lr / ((1 + lambd * lr * step) ** alpha))
-    parts["mu_next"] = as_scalar_state(1 / max(1, step - value(hparams, "t0")))
+    parts["eta_next"] = as_scalar_state(lr / ((1 + lambd * lr * step) ** alpha), hparams)
+    parts["mu_next"] = as_scalar_state(1 / max(1, step - value(hparams, "t0")), hparams)
     return parts
 
 

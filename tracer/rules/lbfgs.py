@@ -169,7 +169,7 @@ def _direction(flat_grad: Tensor, state: dict, hparams: dict) -> tuple[Tensor, f
         old_stps.append(s)
         ro.append(1.0 / ys)
         h_diag = ys / y.dot(y)
-    al: list[Tensor] = [torch.zeros(())] * len(old_dirs)
+    al: list[Tensor] = [flat_grad.new_zeros(())] * len(old_dirs)  # placeholders, each set below
     q = flat_grad.neg()
     for i in range(len(old_dirs) - 1, -1, -1):
         al[i] = old_stps[i].dot(q) * ro[i]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ._base import CannotPredict, Line, Rule, ema, flag, item
-from ._shared import read, value
+from ._shared import hparam, read, value
 
 LINES = (
     Line(
@@ -78,7 +78,7 @@ def zeropower_via_newtonschulz(
     return ortho_grad
 
 
-def adjusted_lr(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
+def adjusted_lr(lr: float | Tensor, adjust_lr_fn: str | None, shape: torch.Size) -> float | Tensor:
     """γ rescaled for the matrix shape, as ``torch.optim._muon._adjust_lr``."""
     rows, cols = shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
@@ -96,7 +96,7 @@ def local(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     parts: dict = {}
     buf = parts["b"] = read(parts, state, "momentum_buffer", grad).lerp(grad, 1 - momentum)
     parts["update"] = grad.lerp(buf, momentum) if flag(hparams, "nesterov") else buf
-    parts["theta"] = param.mul(1 - value(hparams, "lr") * value(hparams, "weight_decay"))
+    parts["theta"] = param.mul(1 - hparam(hparams, "lr") * value(hparams, "weight_decay"))
     return parts
 
 
@@ -109,7 +109,7 @@ def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     ortho = parts["O"] = zeropower_via_newtonschulz(
         parts["update"], (a, b, c), int(hparams["ns_steps"]), value(hparams, "eps")
     )
-    scaled_lr = adjusted_lr(value(hparams, "lr"), hparams.get("adjust_lr_fn"), param.shape)
+    scaled_lr = adjusted_lr(hparam(hparams, "lr"), hparams.get("adjust_lr_fn"), param.shape)
     parts["param"] = parts["theta"].add(ortho, alpha=-scaled_lr)
     return parts
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._base import Line, Rule, num
-from ._shared import MAXIMIZE, MOMENT1, MOMENT2, gradient, pair, read, step_of, value
+from ._shared import MAXIMIZE, MOMENT1, MOMENT2, gradient, hparam, pair, read, step_of, value
 
 LINES = (
     MAXIMIZE,
@@ -56,7 +56,7 @@ def compute(param: Tensor, grad: Tensor, state: dict, hparams: dict) -> dict:
     numer = parts["m"] = g.sub(old_exp_avg).mul(1 - beta1).add(old_exp_avg)
     second = parts["v"] = g.pow(2).sub(old_exp_avg_sq).mul(1 - beta2).add(old_exp_avg_sq)
     denom = second.sqrt().add(value(hparams, "eps"))
-    step_size = parts["step_size"] = value(hparams, "lr") * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    step_size = parts["step_size"] = hparam(hparams, "lr") * math.sqrt(1 - beta2**step) / (1 - beta1**step)
     parts["param"] = torch.where(present(grad), param.add(-step_size * numer.div(denom)), param)
     return parts
 
