@@ -62,3 +62,41 @@ def test_mixed_precision_hooks_see_bf16_and_the_optimizer_fp32_shards(checked):
     for c in checked:
         expected = {"input": "torch.bfloat16", "output": "torch.bfloat16", "param": "torch.float32"}
         assert dict(expected, grad="torch.float32") == c["mixed precision bf16"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_traced_fsdp2_run_assembles_to_the_single_process_run_and_every_update_matches(tmp_path, optimizer):
+    """2 ranks train ``fully_shard`` layers with gradient accumulation under ``tracer.trace``
+    (tests/_fsdp2_traced.py); rank 0 also trains the same model on one process."""
+    import numpy as np
+
+    import tracer
+
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_fsdp2_traced.py"), str(tmp_path), optimizer], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    errors = sorted(tmp_path.glob("error-*.txt"))
+    assert not errors, errors[0].read_text()
+    assert 0 == done.returncode, done.stderr[-3000:]
+    for rank in (0, 1):  # training is bit-identical with and without tracing, on every rank
+        traced, plain = (torch.load(tmp_path / f"params-{rank}-{k}.pt") for k in ("traced", "plain"))
+        assert all(torch.equal(traced[k], plain[k]) for k in plain)
+    raw = tracer.load(tmp_path / "traced", kind=["grad", "param", "update", "state"])
+    sharded = raw[raw["kind"] != "state"]
+    assert sharded["placements"].eq("Shard(dim=0)").all() and set(raw["rank"]) == {0, 1}
+    assert set(sharded["name"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}  # no FSDP prefixes
+    whole = tracer.load(tmp_path / "traced", kind=["grad", "param", "update"], assemble=True)
+    single = tracer.load(tmp_path / "single", kind=["grad", "param", "update"])
+    key = ["step", "kind", "name", "call"]
+    assert len(whole) == len(single) == 3 * 3 * 4  # one row per tensor: the shards combined
+    merged = whole.merge(single, on=key, suffixes=("", "_single"))
+    assert len(merged) == len(single)
+    for row in merged.itertuples():  # the same global batch: equal to float64 rounding
+        np.testing.assert_allclose(row.values, row.values_single, rtol=1e-13, atol=1e-15)
+        assert list(row.shape) == list(row.shape_single)
+    updates = raw[raw["kind"] == "update"]
+    assert updates["rule_matches"].eq(True).all()  # verify=True, shard by shard
+    report = tracer.report(tmp_path / "traced")
+    assert {"matched": 12, "differ": 0, "unchecked": 0} == report.counts, report.summary()

@@ -283,7 +283,7 @@ def test_fsdp_is_refused_with_a_clear_message(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # FSDP1's deprecation notice
             model = FullyShardedDataParallel(nn.Linear(2, 2), device_id=torch.device("cpu"))
-        with pytest.raises(NotImplementedError, match="sharded by FSDP.*Trace the model without FSDP"):
+        with pytest.raises(NotImplementedError, match=r"FullyShardedDataParallel \(FSDP1\).*Shard with FSDP2 instead"):
             tracer.trace(model, path=tmp_path / "t")
     finally:
         dist.destroy_process_group()

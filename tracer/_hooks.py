@@ -34,6 +34,7 @@ from tracer._optimizer_steps import OptimizerSteps, _Inflight
 from tracer._plain_steps import PlainSteps, _PlainStep
 from tracer._schema import Row, Sink
 from tracer._selection import BufferInfo, ModuleInfo, ParamInfo
+from tracer._sharded import Sharding, shard_of
 from tracer._tensors import Captured, CopyPool, capture
 from tracer._walk import walk
 
@@ -133,9 +134,16 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         hparams: str | None = None,
         dtype: str | None = None,
         verdict: tuple[float, bool] | None = None,
+        sharding: Sharding | None = None,
     ) -> None:
-        """One row of ``tensor``; ``verdict``: ``(rule_error, rule_matches)`` of a verified update."""
+        """One row of ``tensor``; ``verdict``: ``(rule_error, rule_matches)`` of a verified
+        update. A DTensor (FSDP2, tensor parallelism) is recorded as this rank's shard, with
+        where it sits (``sharding``, given for a payload already captured from a shard)."""
         try:
+            if not isinstance(tensor, Captured):
+                sharding = shard_of(tensor) or sharding
+                if sharding is not None:
+                    tensor = sharding.local  # the rank's real elements: a plain tensor
             cap = tensor if isinstance(tensor, Captured) else self._capture(tensor)
         except Exception as exc:
             self.cannot_record(kind, name, exc)
@@ -147,6 +155,7 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         row = Row(
             self.step if step is None else step, next(self._seq), kind, name, call, part, module_type,
             cap, grad_enabled, optimizer, group, hparams, *(verdict or (None, None)),
+            *((sharding.global_shape, sharding.shard_offset, sharding.placements) if sharding else (None, None, None)),
         )  # fmt: skip
         self.writer.put(row)
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tracer._schema import SCHEMA_VERSION
+from tracer._sharded import original_name
 
 
 def trace_metadata(
@@ -57,10 +58,12 @@ def parameters_metadata(model: torch.nn.Module, optimizers: Sequence[torch.optim
     aliases: dict[int, list[str]] = {}
     first: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
+        name = original_name(name)
         if first.setdefault(id(p), name) != name:
             aliases.setdefault(id(p), []).append(name)
     out = []
     for name, p in model.named_parameters():
+        name = original_name(name)  # as the rows name it (tracer._selection)
         oi, gi = where.get(p, (None, None))
         entry: dict[str, Any] = {
             "name": name, "shape": list(p.shape), "dtype": str(p.dtype).removeprefix("torch."),

@@ -19,6 +19,7 @@ import torch
 
 from tracer._errors import TraceWriteError
 from tracer._hparams import hparams_json
+from tracer._sharded import shard_of
 from tracer._tensors import Captured, adopt
 from tracer._verify_steps import VerifySteps
 from tracer._walk import walk
@@ -262,11 +263,13 @@ class OptimizerSteps(VerifySteps):
 
     # -- snapshots and updates -------------------------------------------------------
     def _snapshot(self, p: torch.Tensor) -> torch.Tensor:
-        """Copy ``p`` into a buffer kept for it across steps (no allocation per step)."""
+        """Copy ``p`` (this rank's shard of a DTensor) into a buffer kept for it across steps
+        (no allocation per step)."""
+        local = _local(p)
         buf = self._buffers.get(p)
-        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-            buf = self._buffers[p] = torch.empty_like(p, memory_format=torch.contiguous_format)
-        return buf.copy_(p.detach())
+        if buf is None or buf.shape != local.shape or buf.dtype != local.dtype or buf.device != local.device:
+            buf = self._buffers[p] = torch.empty_like(local, memory_format=torch.contiguous_format)
+        return buf.copy_(local)
 
     def _update(self, p: torch.Tensor, before: torch.Tensor) -> torch.Tensor | Captured:
         """after − before: exactly in float64 (complex128) when the values are kept, else
@@ -292,17 +295,18 @@ class OptimizerSteps(VerifySteps):
         self, p: torch.Tensor, before: torch.Tensor, info: ParamInfo, cls: str | None,
         group: int | None, hp: str | None, *, step: int | None = None, verdict: tuple[float, bool] | None = None,
     ) -> None:  # fmt: skip
+        sharding = shard_of(p)  # a DTensor's update is after − before on this rank's shard
         try:
-            update = self._update(p, before)
+            update = self._update(p if sharding is None else sharding.local, before)
         except Exception as exc:
             self.cannot_record("update", info.name, exc)
             return
         dtype = "complex128" if p.is_complex() else "float64"
         if verdict is None:
             self.emit("update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group,
-                      hparams=hp, dtype=dtype, step=step)  # fmt: skip
+                      hparams=hp, dtype=dtype, step=step, sharding=sharding)  # fmt: skip
             return
-        self.emit_verified(info, update, dtype, cls, group, hp, step, verdict)
+        self.emit_verified(info, update, dtype, cls, group, hp, step, verdict, sharding)
 
     def _emit_step(self, opt: torch.optim.Optimizer, entry: _Inflight) -> None:
         """The rows of ``opt``'s step once it is over: late gradients and the updates."""
@@ -379,3 +383,10 @@ def _as_tensor(value: Any) -> Any:
     if isinstance(value, (bool, int)):
         return torch.tensor(value)
     return value
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """``p`` detached, or this rank's shard of a DTensor (never DTensor arithmetic: its ops
+    may be collectives that only this rank would run)."""
+    sharding = shard_of(p)
+    return p.detach() if sharding is None else sharding.local

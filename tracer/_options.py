@@ -78,20 +78,19 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _refuse_sharded(model: torch.nn.Module) -> None:
-    """FSDP shards parameters across ranks: refuse rather than record shards as if whole."""
+    """FSDP1 shards flattened parameters: refuse it (FSDP2's DTensors are recorded shard by shard)."""
     fsdp = sys.modules.get("torch.distributed.fsdp")
     if fsdp is None:  # a sharded model has imported it already; importing it here is costly
         return
-    FSDPModule = getattr(fsdp, "FSDPModule", ())
     FullyShardedDataParallel = getattr(fsdp, "FullyShardedDataParallel", ())
     for name, module in model.named_modules():
-        if isinstance(module, (FSDPModule, FullyShardedDataParallel)):
+        if isinstance(module, FullyShardedDataParallel):
             where = f"module {name!r}" if name else "the model"
             raise NotImplementedError(
-                f"{where} is sharded by FSDP, which tracer does not support yet: its parameters, "
-                "gradients and optimizer state hold one rank's shard, so values would be silently "
-                "partial. Trace the model without FSDP (e.g. on one process, or under "
-                "DistributedDataParallel) to record it."
+                f"{where} is wrapped by FullyShardedDataParallel (FSDP1), which tracer does not support: "
+                "its parameters are slices of one flattened parameter per rank, so their values would be "
+                "partial. Shard with FSDP2 instead (torch.distributed.fsdp.fully_shard(module)): tracer "
+                "records each rank's shard and tracer.load(path, assemble=True) returns the whole tensors."
             )
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from tracer._sharded import module_type, original_name
+
 
 class ParamInfo:
     """What a row needs to know about one parameter."""
@@ -47,7 +49,7 @@ class BufferInfo:
         self.module = module
         self.key = key
         self.name = name
-        self.module_type = type(module).__name__
+        self.module_type = module_type(module)
 
 
 def selected(name: str, include: list[str] | None, exclude: list[str]) -> bool:
@@ -65,7 +67,8 @@ def param_infos(
     infos: dict[torch.Tensor, ParamInfo] = {}
     for name, p in model.named_parameters():
         owner = modules.get(name.rpartition(".")[0])
-        infos[p] = ParamInfo(name, type(owner).__name__, select(name))
+        name = original_name(name)  # without wrappers' segments (activation checkpointing, FSDP)
+        infos[p] = ParamInfo(name, "" if owner is None else module_type(owner), select(name))
     for oi, opt in enumerate(optimizers):
         for gi, group in enumerate(opt.param_groups):
             for pi, p in enumerate(group["params"]):
@@ -84,9 +87,10 @@ def module_infos(
     infos: dict[torch.nn.Module, ModuleInfo] = {}
     for name, module in model.named_modules():
         is_root = module is model
+        name = original_name(name)
         chosen = select(name)
         if chosen or is_root or every_module:
-            infos[module] = ModuleInfo(name, type(module).__name__, selected=chosen, is_root=is_root)
+            infos[module] = ModuleInfo(name, module_type(module), selected=chosen, is_root=is_root)
     return infos
 
 

@@ -43,6 +43,11 @@ STAT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "values")
 """Every column but ``values``: what :attr:`Trace.stats` holds."""
 
 UPDATE_KINDS = ("grad", "param", "update", "state", "skipped")
+UPDATE_COLUMNS = (
+    "step", "seq", "rank", "kind", "name", "call", "part", "optimizer", "param_group", "hparams", "dtype",
+    "shape", "numel", "norm", "values", "rule_error", "rule_matches", "global_shape", "shard_offset", "placements",
+)  # fmt: skip
+"""What the update checks read of those rows."""
 """The kinds an update check reads (:meth:`Trace.updates`)."""
 
 
@@ -254,7 +259,7 @@ class Trace:
         """The ``grad``, ``param``, ``update``, ``state`` and ``skipped`` rows, with values
         (read once, then kept): what checking the updates needs, and nothing else."""
         if self._updates is None:
-            self._updates = self.rows(kind=UPDATE_KINDS)
+            self._updates = update_rows(self, kind=UPDATE_KINDS, columns=UPDATE_COLUMNS)
         return self._updates
 
     def memo(self, key: Hashable, compute: Callable[[], _T]) -> _T:
@@ -274,6 +279,20 @@ class Trace:
 
 
 # --------------------------------------------------------------------------- filters
+
+
+def update_rows(trace: Trace, **filters: Any) -> pd.DataFrame:
+    """``trace.rows(**filters)`` with a sharded tensor's rows (one per rank, FSDP2/DTensor)
+    assembled into the whole tensor's, as the update checks need them."""
+    rows = trace.rows(**filters)
+    if "placements" not in rows.columns or not rows["placements"].notna().any():
+        return rows
+    from tracer._assemble import NEEDED, assemble
+
+    columns = filters.pop("columns", None)
+    if columns is not None:
+        rows = trace.rows(**filters, columns=list(dict.fromkeys([*columns, *NEEDED])))
+    return assemble(rows)
 
 
 def check_kinds(kind: KindFilter) -> None:

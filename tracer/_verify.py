@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 
 from tracer import rules
+from tracer._sharded import shard_of
 from tracer._tensors import dtype_name
 from tracer.rules import _shared
 
@@ -77,7 +78,13 @@ def predict(
     rule = _rule(type(opt))
     if rule is None or isinstance(opt, torch.optim.LBFGS):  # LBFGS: see tracer._lbfgs_replay
         return None
-    grad = None if p.grad is None else wide(p.grad)
+    grad_tensor = p.grad
+    if shard_of(p) is not None:  # a DTensor: element-wise rules hold shard by shard
+        if rule.optimizer in _NOT_ELEMENTWISE:
+            return None  # the rule needs the whole tensor: checked on the assembled rows
+        p, grad_tensor = _local(p), None if grad_tensor is None else _local(grad_tensor)
+        state = {k: _local(v) for k, v in state.items()}
+    grad = None if grad_tensor is None else wide(grad_tensor)
     context = {  # what the report's check adds to the traced hparams: the dtypes the trace records
         _PARAM_DTYPE: dtype_name(p.dtype),
         _STATE_DTYPES: {k: dtype_name(v.dtype) for k, v in state.items()},
@@ -89,6 +96,15 @@ def predict(
     except rules.CannotPredict:
         return None
     return Prediction(predicted, dtype_name(p.dtype))
+
+
+_NOT_ELEMENTWISE = frozenset({"LBFGS", "Muon", "Adafactor"})
+"""Rules whose update of an element depends on other elements: not checkable on a shard."""
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    sharding = shard_of(t)
+    return t if sharding is None else sharding.local
 
 
 def verdict(prediction: Prediction, before: torch.Tensor, after: torch.Tensor) -> tuple[float, bool]:

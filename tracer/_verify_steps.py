@@ -19,7 +19,6 @@ import torch
 from tracer._dispatch import _warn
 from tracer._errors import TraceWriteError
 from tracer._hparams import hparams_json
-from tracer._schema import Row
 from tracer._tensors import Captured
 
 if TYPE_CHECKING:
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from tracer._optimizer_steps import _Inflight
     from tracer._schema import Sink
     from tracer._selection import ParamInfo
+    from tracer._sharded import Sharding
     from tracer._verify import Prediction
 
 
@@ -46,18 +46,13 @@ class VerifySteps:
 
     def emit_verified(
         self, info: ParamInfo, update: torch.Tensor | Captured, dtype: str, cls: str | None, group: int | None,
-        hp: str | None, step: int | None, verdict: tuple[float, bool],
+        hp: str | None, step: int | None, verdict: tuple[float, bool], sharding: Sharding | None = None,
     ) -> None:  # fmt: skip
         """The update row that ``emit`` makes, with verify's verdict in ``rule_error``/``rule_matches``."""
-        try:
-            cap = update if isinstance(update, Captured) else self._capture(update)
-        except Exception as exc:
-            self.cannot_record("update", info.name, exc)
-            return
-        self.writer.put(Row(
-            self.step if step is None else step, next(self._seq), "update", info.name, 0, "", info.module_type,
-            cap._replace(dtype=dtype), None, cls, group, hp, float(verdict[0]), bool(verdict[1]),
-        ))  # fmt: skip
+        self.emit(
+            "update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group, hparams=hp,
+            dtype=dtype, step=step, verdict=(float(verdict[0]), bool(verdict[1])), sharding=sharding,
+        )  # fmt: skip
 
     def _recording_evaluations(
         self, opt: torch.optim.Optimizer, entry: _Inflight, closure: Callable[[], Any]
@@ -100,9 +95,11 @@ class VerifySteps:
     ) -> tuple[float, bool] | None:
         """``(rule_error, rule_matches)`` of ``p``'s update (before ``before`` is reused)."""
         try:
+            from tracer._sharded import shard_of
             from tracer._verify import verdict
 
-            return verdict(prediction, before, p.detach())
+            sharding = shard_of(p)  # a DTensor: this rank's shard, as the prediction is
+            return verdict(prediction, before, p.detach() if sharding is None else sharding.local)
         except Exception as exc:
             self.could_not_verify(info.name, exc)
             return None
