@@ -3,10 +3,8 @@
 Every callback observes only: it detaches before anything else, works under
 ``torch.no_grad()``, never returns a replacement value and never draws random numbers.
 
-The hooks are torch's *global* ones (module forward hooks and optimizer step hooks for the
-whole process), dispatched here to the modules and optimizers of the traced model. Nothing
-is stored on the model's modules or on an optimizer, so a ``copy.deepcopy`` of the model
-records nothing and costs nothing, and ``torch.save``/``pickle`` of it work inside the block.
+The hooks are torch's *global* ones, dispatched here to the traced model's modules and
+optimizers: nothing is stored on them, so copies and pickles of the model carry no hook.
 
 A hook never raises into the user's code: a tensor that cannot be recorded, or any other
 failure while recording, skips the row with one warning per (kind, name). The one exception
