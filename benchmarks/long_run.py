@@ -27,8 +27,8 @@ import tracer
 import tracer._store as store
 
 
-def traced_run(path: Path, steps: int, flush: float, compact: bool) -> tuple[int, int, float]:
-    """(files written, files left, seconds of training) of one run."""
+def traced_run(path: Path, steps: int, flush: float, compact: bool) -> tuple[int, int, float, float]:
+    """(files written, files left, seconds of training, CPU seconds of the process) of one run."""
     original = store.Writer.__init__
 
     def init(self, *args, **kwargs):  # the merging is internal: switched off here only
@@ -43,16 +43,16 @@ def traced_run(path: Path, steps: int, flush: float, compact: bool) -> tuple[int
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         x, y = torch.randn(16, 8), torch.randn(16, 1)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with tracer.trace(model, opt, path=path, flush_seconds=flush):
             for _ in range(steps):
                 opt.zero_grad()
                 nn.functional.mse_loss(model(x), y).backward()
                 opt.step()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         store.Writer.__init__ = original  # type: ignore[method-assign]
-    return writers[0].files_written, len(list(path.glob("*.parquet"))), seconds
+    return writers[0].files_written, len(list(path.glob("*.parquet"))), seconds, cpu
 
 
 def best_load(path: Path, rounds: int = 3) -> tuple[float, int]:
@@ -73,16 +73,17 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"## A long run's files (benchmarks/long_run.py: {args.steps:,} steps, flush_seconds={args.flush})",
         "",
-        "| merging | files written | files left | training (s) | `tracer.load` (best of 3) | rows |",
-        "|---|---|---|---|---|---|",
+        "| merging | files written | files left | training (s) | CPU (s) | `tracer.load` (best of 3) | rows |",
+        "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for compact in (True, False):
+        for compact in (False, True):
             path = Path(tmp) / f"run-{compact}"
-            written, left, seconds = traced_run(path, args.steps, args.flush, compact)
+            written, left, seconds, cpu = traced_run(path, args.steps, args.flush, compact)
             load, rows = best_load(path)
             lines.append(
-                f"| {'on' if compact else 'off'} | {written:,} | {left:,} | {seconds:.1f} | {load:.2f} s | {rows:,} |"
+                f"| {'on' if compact else 'off'} | {written:,} | {left:,} | {seconds:.1f} | {cpu:.1f} "
+                f"| {load:.2f} s | {rows:,} |"
             )
             shutil.rmtree(path)
     text = "\n".join(lines)
