@@ -178,6 +178,16 @@ def parquet_write_rate(nbytes: int, directory: Path, repeats: int = 3) -> float:
     return median(rates)
 
 
+def read_bandwidth(quick: bool = False) -> float:
+    """Bytes/s of one read of a 256 MB float32 tensor (``Tensor.sum``, torch's threads), best
+    of 5: the machine's memory read bandwidth as torch's fastest reduction sees it."""
+    n = (16 if quick else 64) << 20
+    x = torch.ones(n)
+    x.sum()
+    best = min(timed_steps(x.sum, 3 if quick else 5))
+    return n * 4 / best
+
+
 # ----------------------------------------------------------------------------- reporting
 
 

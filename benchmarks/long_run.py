@@ -9,7 +9,7 @@ The file count after ``n`` flushes is the sum of the base-16 digits of ``n`` at 
 per level of merging), so a 24-hour run at the default flush (86,400 flushes = 0x15180)
 ends as at most 15 files plus the leftovers the final merge joins.
 
-    python benchmarks/long_run.py [--steps 10000] [--flush 0.02] [--markdown FILE]
+    python benchmarks/long_run.py [--steps 10000] [--flush 0.02] [--quick] [--markdown FILE]
 """
 
 from __future__ import annotations
@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--flush", type=float, default=0.02)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--quick", action="store_true", help="300 steps: a smoke test")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = min(args.steps, 300)
     lines = [
         f"## A long run's files (benchmarks/long_run.py: {args.steps:,} steps, flush_seconds={args.flush})",
         "",

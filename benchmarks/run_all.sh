@@ -10,7 +10,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${PYTHON:-python}"
 out="${OUT:-$(mktemp -t tracer-bench-XXXXXX.md)}"
 : > "$out"
-for script in overhead memory load report_page; do
+for script in overhead memory load long_run verify ops report_page; do
     echo "== $script $*" >&2
     "$python" "$here/$script.py" "$@" --markdown "$out.$script"
     cat "$out.$script" >> "$out"

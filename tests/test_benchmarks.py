@@ -18,6 +18,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
         ("overhead.py", ["--quick", "--workloads", "W1"]),
         ("memory.py", ["--quick"]),
         ("load.py", ["--quick"]),
+        ("long_run.py", ["--quick"]),
+        ("ops.py", ["--quick", "--workloads", "W4"]),
+        ("verify.py", ["--quick", "--workloads", "W1"]),
+        ("stats_pass.py", ["--quick", "--no-compile"]),
     ],
 )
 def test_benchmark_script_runs_and_prints_its_table(script, args, tmp_path):

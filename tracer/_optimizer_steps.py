@@ -20,7 +20,7 @@ import torch
 from tracer._errors import TraceWriteError
 from tracer._hparams import hparams_json
 from tracer._sharded import shard_of
-from tracer._tensors import Captured, adopt
+from tracer._tensors import Captured, adopt, difference_stats
 from tracer._verify_steps import VerifySteps
 from tracer._walk import walk
 
@@ -289,6 +289,9 @@ class OptimizerSteps(VerifySteps):
             return adopt(update, tuple(after.shape))  # ours alone: no second copy
         if after.dtype in (torch.float16, torch.bfloat16):
             return after.float() - before.float()
+        fused = difference_stats(after, before)  # with numba: one read of both, nothing written
+        if fused is not None:
+            return fused
         return torch.sub(after, before, out=before)  # into the snapshot buffer: no allocation
 
     def _emit_update(

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
-from tracer._stats import _cpu_stats, _numpy_stats, _stats, _with_zeros
+from tracer._stats import _GRAIN, _cpu_stats, _diff_stats, _numpy_stats, _stats, _with_zeros, serial
 
 _EXACT_INT = 2**53  # float64 holds every integer up to this magnitude exactly
 _ROW_OVERHEAD = 256  # rough bytes a row costs besides its values (queue accounting)
@@ -81,16 +81,10 @@ _PLAIN: dict[torch.dtype, str] = {
         torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     )
 }  # fmt: skip
-for _name in (
-    "uint16",
-    "uint32",
-    "uint64",
-    "float8_e4m3fn",
-    "float8_e4m3fnuz",
-    "float8_e5m2",
-    "float8_e5m2fnuz",
-    "float8_e8m0fnu",
-):
+_NEWER = (
+    "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+)  # fmt: skip
+for _name in _NEWER:
     if isinstance(getattr(torch, _name, None), torch.dtype):  # newer dtypes: not in every torch
         _PLAIN[getattr(torch, _name)] = _name
 
@@ -182,6 +176,22 @@ def adopt(values: torch.Tensor, shape: tuple[int, ...]) -> Captured:
     return Captured(shape, dtype_name(values.dtype), values.numel(), None, values, _ROW_OVERHEAD + values.nbytes)
 
 
+def difference_stats(after: torch.Tensor, before: torch.Tensor) -> Captured | None:
+    """The row payload of the statistics of ``after − before`` (subtracted in their dtype),
+    read in one pass of both, never written; None where that pass cannot read them (no
+    numba, not float32/float64 CPU, not contiguous, a dispatch mode or transform active) or
+    a copy is cheaper (<= 4096 elements): then :func:`capture` the difference. Example::
+
+        c = difference_stats(p.detach(), snapshot)  # after optimizer.step()
+    """
+    if after.numel() <= _COPY_FOR_STATS or _dispatch_modes() or _transforms_active():
+        return None
+    stats = _diff_stats(after, before) if type(after) is type(before) is torch.Tensor else None
+    if stats is None:
+        return None
+    return Captured(tuple(after.shape), dtype_name(after.dtype), after.numel(), stats, None, _ROW_OVERHEAD)
+
+
 def _snapshot(
     t: torch.Tensor,
     shape: tuple[int, ...],
@@ -198,10 +208,12 @@ def _snapshot(
         # a small copy is cheaper than statistics here: the writer thread computes them
         if fresh and t.is_cpu:
             values = t.reshape(-1)
-        elif pool is None:
-            values = torch.flatten(t).to("cpu", copy=True)
-        else:
-            values = pool.empty((numel,), t.dtype).copy_(t.reshape(-1))
+        else:  # serial: a parallel CPU copy waits for a second core, on a busy machine for ms
+            with serial() if t.is_cpu and numel >= _GRAIN else contextlib.nullcontext():
+                if pool is None:
+                    values = torch.flatten(t).to("cpu", copy=True)
+                else:
+                    values = pool.empty((numel,), t.dtype).copy_(t.reshape(-1))
         return Captured(shape, dtype, numel, None, values, _ROW_OVERHEAD + values.nbytes, keep)
     return Captured(shape, dtype, numel, _stats(t), None, _ROW_OVERHEAD)
 
