@@ -51,3 +51,19 @@ def test_optimizers_example_checks_every_update(tmp_path, capsys):
 def test_every_example_is_documented(script):
     text = (EXAMPLES / script).read_text()
     assert text.startswith('"""') and "Run:" in text, f"{script} needs a docstring saying how to run it"
+
+
+@pytest.mark.slow
+def test_fsdp_example_records_shards_and_checks_every_update(tmp_path):
+    import subprocess
+
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
+        pytest.skip("needs torch.distributed with the gloo backend")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "fsdp.py"), str(tmp_path / "f")], capture_output=True, text=True, timeout=300
+    )
+    assert 0 == done.returncode, done.stderr[-3000:]
+    assert "Shard(dim=0)" in done.stdout and "[8, 4]" in done.stdout
+    assert "✓ 12 match their rule, ✗ 0 differ, – 0 could not be checked" in done.stdout

@@ -27,6 +27,11 @@ from torch.testing._internal.common_optimizers import (
     optim_db,
 )
 
+# importing torch.testing._internal freezes torch.backends' flags for the whole process
+# (torch.backends.disable_global_flags()): the other test modules (Lightning's Trainer sets
+# cudnn.benchmark) run in this process too, so unfreeze them again
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+
 pytestmark = pytest.mark.slow
 
 STEPS = 6

@@ -32,7 +32,7 @@ from tracer._optimizer_steps import OptimizerSteps, _Inflight
 from tracer._plain_steps import PlainSteps, _PlainStep
 from tracer._schema import Row, Sink
 from tracer._selection import BufferInfo, ModuleInfo, ParamInfo
-from tracer._sharded import Sharding, shard_of
+from tracer._sharded import Sharding, shard_of, waited
 from tracer._tensors import Captured, CopyPool, capture
 from tracer._walk import walk
 
@@ -140,8 +140,8 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         try:
             if not isinstance(tensor, Captured):
                 sharding = shard_of(tensor) or sharding
-                if sharding is not None:
-                    tensor = sharding.local  # the rank's real elements: a plain tensor
+                # the rank's real elements, or a pending collective's result: a plain tensor
+                tensor = waited(tensor) if sharding is None else sharding.local
             cap = tensor if isinstance(tensor, Captured) else self._capture(tensor)
         except Exception as exc:
             self.cannot_record(kind, name, exc)

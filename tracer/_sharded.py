@@ -67,7 +67,7 @@ def shard_of(tensor: Any) -> Sharding | None:
     placements = tuple(spec.placements)
     text = ", ".join(repr(p) for p in placements)
     local = tensor._local_tensor  # not to_local(): with grad enabled that is an autograd op
-    local = _waited(local)
+    local = waited(local)
     if any(_is_strided(p) for p in placements):
         return Sharding(local, global_shape, None, text)
     local_shape, offset = _layout(global_shape, spec.mesh, placements)
@@ -130,7 +130,7 @@ def _is_strided(placement: Any) -> bool:
     return type(placement).__name__ == "_StridedShard"
 
 
-def _waited(local: torch.Tensor) -> torch.Tensor:
+def waited(local: torch.Tensor) -> torch.Tensor:
     """The plain tensor of an ``AsyncCollectiveTensor`` (waited for, as its first use
     would), else ``local`` itself."""
     if type(local) is torch.Tensor:
