@@ -73,6 +73,7 @@ def test_mixed_precision_hooks_see_bf16_and_the_optimizer_fp32_shards(checked):
         # a Transformer block: attention and LayerNorm reduce in another order over two half
         # batches, and Adam's 1/√v magnifies it (~1e-11 of parameters of ~1)
         ("block", "adamw", {"Shard(dim=0)"}, 12, 1e-10),
+        ("block", "sgd", {"Shard(dim=0)"}, 12, 1e-12),
         ("tp", "adamw", {"Shard(dim=0)", "Shard(dim=1)", "Replicate()"}, 4, 1e-15),  # Colwise then Rowwise
     ],
 )
