@@ -332,11 +332,11 @@ def _kernels() -> Any:
         import numba
 
         _fmin, _fmax = _minmax("minnum"), _minmax("maxnum")
-        options = dict(nogil=True, fastmath={"reassoc", "contract"}, boundscheck=False)
+        fastmath = {"reassoc", "contract"}
         try:
-            kernels = _Kernels(numba.njit(cache=True, **options))
+            kernels = _Kernels(numba.njit(cache=True, nogil=True, fastmath=fastmath, boundscheck=False))
         except RuntimeError:  # no writable cache directory
-            kernels = _Kernels(numba.njit(**options))
+            kernels = _Kernels(numba.njit(nogil=True, fastmath=fastmath, boundscheck=False))
         probe = np.array([3.0, -1.0, 2.5], dtype=np.float32)
         if tuple(kernels.one_pass(probe)) != (-1.0, 3.0, 4.5, 16.25):
             raise RuntimeError("numba's one-pass statistics disagree with their definition")
