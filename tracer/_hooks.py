@@ -134,9 +134,8 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         verdict: tuple[float, bool] | None = None,
         sharding: Sharding | None = None,
     ) -> None:
-        """One row of ``tensor``; ``verdict``: ``(rule_error, rule_matches)`` of a verified
-        update. A DTensor (FSDP2, tensor parallelism) is recorded as this rank's shard, with
-        where it sits (``sharding``, given for a payload already captured from a shard)."""
+        """One row of ``tensor`` (a DTensor's: this rank's shard and ``sharding``, where it sits);
+        ``verdict``: ``(rule_error, rule_matches)`` of a verified update."""
         try:
             if not isinstance(tensor, Captured):
                 sharding = shard_of(tensor) or sharding
@@ -152,7 +151,8 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
             self.grad_rows += 1
         row = Row(
             self.step if step is None else step, next(self._seq), kind, name, call, part, module_type,
-            cap, grad_enabled, optimizer, group, hparams, *(verdict or (None, None)),
+            cap, grad_enabled, optimizer, group, hparams,
+            *((float(verdict[0]), bool(verdict[1])) if verdict is not None else (None, None)),
             *((sharding.global_shape, sharding.shard_offset, sharding.placements) if sharding else (None, None, None)),
         )  # fmt: skip
         self.writer.put(row)

@@ -19,7 +19,7 @@ import torch
 
 from tracer._errors import TraceWriteError
 from tracer._hparams import hparams_json
-from tracer._sharded import shard_of
+from tracer._sharded import local_of, shard_of
 from tracer._tensors import Captured, adopt, difference_stats
 from tracer._verify_steps import VerifySteps
 from tracer._walk import walk
@@ -265,7 +265,7 @@ class OptimizerSteps(VerifySteps):
     def _snapshot(self, p: torch.Tensor) -> torch.Tensor:
         """Copy ``p`` (this rank's shard of a DTensor) into a buffer kept for it across steps
         (no allocation per step)."""
-        local = _local(p)
+        local = local_of(p).detach()
         buf = self._buffers.get(p)
         if buf is None or buf.shape != local.shape or buf.dtype != local.dtype or buf.device != local.device:
             buf = self._buffers[p] = torch.empty_like(local, memory_format=torch.contiguous_format)
@@ -305,11 +305,8 @@ class OptimizerSteps(VerifySteps):
             self.cannot_record("update", info.name, exc)
             return
         dtype = "complex128" if p.is_complex() else "float64"
-        if verdict is None:
-            self.emit("update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group,
-                      hparams=hp, dtype=dtype, step=step, sharding=sharding)  # fmt: skip
-            return
-        self.emit_verified(info, update, dtype, cls, group, hp, step, verdict, sharding)
+        self.emit("update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group, hparams=hp,
+                  dtype=dtype, step=step, verdict=verdict, sharding=sharding)  # fmt: skip
 
     def _emit_step(self, opt: torch.optim.Optimizer, entry: _Inflight) -> None:
         """The rows of ``opt``'s step once it is over: late gradients and the updates."""
@@ -386,10 +383,3 @@ def _as_tensor(value: Any) -> Any:
     if isinstance(value, (bool, int)):
         return torch.tensor(value)
     return value
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    """``p`` detached, or this rank's shard of a DTensor (never DTensor arithmetic: its ops
-    may be collectives that only this rank would run)."""
-    sharding = shard_of(p)
-    return p.detach() if sharding is None else sharding.local

@@ -51,6 +51,17 @@ def is_dtensor(tensor: Any) -> bool:
     return dtensor is not None and isinstance(tensor, dtensor)
 
 
+def local_of(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a plain tensor, never DTensor arithmetic: its ops may
+    be collectives only this rank would run), else ``tensor`` itself.
+
+        >>> local_of(torch.zeros(3)).shape
+        torch.Size([3])
+    """
+    sharding = shard_of(tensor)
+    return tensor if sharding is None else sharding.local
+
+
 def shard_of(tensor: Any) -> Sharding | None:
     """The :class:`Sharding` of a DTensor, or None for any other tensor.
 

@@ -45,9 +45,10 @@ STAT_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c != "values")
 UPDATE_KINDS = ("grad", "param", "update", "state", "skipped")
 UPDATE_COLUMNS = (
     "step", "seq", "rank", "kind", "name", "call", "part", "optimizer", "param_group", "hparams", "dtype",
-    "shape", "numel", "norm", "values", "rule_error", "rule_matches", "global_shape", "shard_offset", "placements",
+    "shape", "numel", "mean", "std", "min", "max", "norm", "nonfinite", "values", "rule_error", "rule_matches",
+    "global_shape", "shard_offset", "placements",
 )  # fmt: skip
-"""What the update checks read of those rows."""
+"""What the update checks read of those rows (and what assembling a sharded tensor's rows needs)."""
 """The kinds an update check reads (:meth:`Trace.updates`)."""
 
 
@@ -284,15 +285,9 @@ class Trace:
 def update_rows(trace: Trace, **filters: Any) -> pd.DataFrame:
     """``trace.rows(**filters)`` with a sharded tensor's rows (one per rank, FSDP2/DTensor)
     assembled into the whole tensor's, as the update checks need them."""
-    rows = trace.rows(**filters)
-    if "placements" not in rows.columns or not rows["placements"].notna().any():
-        return rows
-    from tracer._assemble import NEEDED, assemble
+    from tracer._assemble import assemble
 
-    columns = filters.pop("columns", None)
-    if columns is not None:
-        rows = trace.rows(**filters, columns=list(dict.fromkeys([*columns, *NEEDED])))
-    return assemble(rows)
+    return assemble(trace.rows(**filters))
 
 
 def check_kinds(kind: KindFilter) -> None:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from tracer import rules
-from tracer._sharded import shard_of
+from tracer._sharded import local_of, shard_of
 from tracer._tensors import dtype_name
 from tracer.rules import _shared
 
@@ -82,8 +82,8 @@ def predict(
     if shard_of(p) is not None:  # a DTensor: element-wise rules hold shard by shard
         if rule.optimizer in _NOT_ELEMENTWISE:
             return None  # the rule needs the whole tensor: checked on the assembled rows
-        p, grad_tensor = _local(p), None if grad_tensor is None else _local(grad_tensor)
-        state = {k: _local(v) for k, v in state.items()}
+        p, grad_tensor = local_of(p), None if grad_tensor is None else local_of(grad_tensor)
+        state = {k: local_of(v) for k, v in state.items()}
     grad = None if grad_tensor is None else wide(grad_tensor)
     context = {  # what the report's check adds to the traced hparams: the dtypes the trace records
         _PARAM_DTYPE: dtype_name(p.dtype),
@@ -100,11 +100,6 @@ def predict(
 
 _NOT_ELEMENTWISE = frozenset({"LBFGS", "Muon", "Adafactor"})
 """Rules whose update of an element depends on other elements: not checkable on a shard."""
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    sharding = shard_of(t)
-    return t if sharding is None else sharding.local
 
 
 def verdict(prediction: Prediction, before: torch.Tensor, after: torch.Tensor) -> tuple[float, bool]:

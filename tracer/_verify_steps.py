@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from tracer._optimizer_steps import _Inflight
     from tracer._schema import Sink
     from tracer._selection import ParamInfo
-    from tracer._sharded import Sharding
     from tracer._verify import Prediction
 
 
@@ -43,16 +42,6 @@ class VerifySteps:
     _capture: Callable[[torch.Tensor], Captured]
     emit: Callable[..., None]
     cannot_record: Callable[[str, str, BaseException], None]
-
-    def emit_verified(
-        self, info: ParamInfo, update: torch.Tensor | Captured, dtype: str, cls: str | None, group: int | None,
-        hp: str | None, step: int | None, verdict: tuple[float, bool], sharding: Sharding | None = None,
-    ) -> None:  # fmt: skip
-        """The update row that ``emit`` makes, with verify's verdict in ``rule_error``/``rule_matches``."""
-        self.emit(
-            "update", info.name, 0, "", info.module_type, update, optimizer=cls, group=group, hparams=hp,
-            dtype=dtype, step=step, verdict=(float(verdict[0]), bool(verdict[1])), sharding=sharding,
-        )  # fmt: skip
 
     def _recording_evaluations(
         self, opt: torch.optim.Optimizer, entry: _Inflight, closure: Callable[[], Any]
@@ -95,11 +84,10 @@ class VerifySteps:
     ) -> tuple[float, bool] | None:
         """``(rule_error, rule_matches)`` of ``p``'s update (before ``before`` is reused)."""
         try:
-            from tracer._sharded import shard_of
+            from tracer._sharded import local_of
             from tracer._verify import verdict
 
-            sharding = shard_of(p)  # a DTensor: this rank's shard, as the prediction is
-            return verdict(prediction, before, p.detach() if sharding is None else sharding.local)
+            return verdict(prediction, before, local_of(p).detach())  # a DTensor: this rank's shard
         except Exception as exc:
             self.could_not_verify(info.name, exc)
             return None
