@@ -10,6 +10,7 @@ from _reference import make_reference, train_reference
 from tracer._hooks import Recorder
 from tracer._schema import Row
 from tracer._selection import module_infos, param_infos
+from tracer._staging import Batch
 from tracer._tensors import finish
 
 
@@ -24,6 +25,9 @@ class ListSink:
 
     def put(self, row: Row) -> None:
         self.rows.append(row)
+
+    def put_batch(self, batch: Batch) -> None:
+        self.rows.extend(batch.expand())
 
 
 def _record(model, optimizers, steps, **options):

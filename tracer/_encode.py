@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tracer._hparams import as_text
 from tracer._schema import COLUMNS, KINDS, SCHEMA, Row
+from tracer._staging import Batch, Packed
 from tracer._tensors import finish
 
 MAX_LIST_VALUES = 2**31 - 1
@@ -20,6 +22,8 @@ ROW_GROUP_BYTES = 16 << 20
 """A file whose rows hold more than this is written in row groups of about this size."""
 _MIN_GROUP_BYTES = 1 << 20
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+Values = np.ndarray | torch.Tensor | Packed | None
+"""One row's values to store (see :func:`finish`), or a :class:`Packed` batch's."""
 
 
 def row_groups(rows: Sequence[Row], values: Sequence[np.ndarray | torch.Tensor | None]) -> list[tuple[int, int]]:
@@ -46,13 +50,21 @@ def row_groups(rows: Sequence[Row], values: Sequence[np.ndarray | torch.Tensor |
     return groups
 
 
-def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], list[np.ndarray | torch.Tensor | None]]:
+def encode_rows(rows: Sequence[Row | Batch], rank: int) -> tuple[dict[str, pa.Array], list[Values]]:
     """Every column but ``values`` as Arrow arrays (in :data:`SCHEMA`), and each row's values
-    to store (see :func:`finish`), for :class:`ValuesBuffer`."""
+    to store (see :func:`finish`), for :class:`ValuesBuffer`. A :class:`Batch` adds its rows,
+    encoded all at once."""
     cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
-    values: list[np.ndarray | torch.Tensor | None] = []
+    values: list[Values] = []
     stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
     for row in rows:
+        if isinstance(row, Batch):
+            batch_cols, packed = row.encode(MAX_LIST_VALUES)
+            for key, column in batch_cols.items():
+                cols[key].extend(column)
+            cols["rank"].extend([rank] * len(row))
+            values.append(packed)  # many rows' values in one entry (a file with batches is one row group)
+            continue
         cap = row.captured
         stats, vals = finish(cap)
         cols["step"].append(row.step)
@@ -71,7 +83,7 @@ def encode_rows(rows: Sequence[Row], rank: int) -> tuple[dict[str, pa.Array], li
         cols["grad_enabled"].append(row.grad_enabled)
         cols["optimizer"].append(row.optimizer)
         cols["param_group"].append(row.param_group)
-        cols["hparams"].append(row.hparams)
+        cols["hparams"].append(as_text(row.hparams))
         cols["rule_error"].append(row.rule_error)
         cols["rule_matches"].append(row.rule_matches)
         cols["global_shape"].append(row.global_shape)
@@ -95,22 +107,34 @@ class ValuesBuffer:
     def __init__(self) -> None:
         self._flat = np.empty(0, dtype=np.float64)
 
-    def list_array(self, values: Sequence[np.ndarray | torch.Tensor | None]) -> pa.Array:
-        """``values`` (each under :data:`MAX_LIST_VALUES`, a row group's) as a ``list<float64>`` array."""
-        lengths = np.array([0 if v is None else _size(v) for v in values], dtype=np.int64)
-        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    def list_array(self, values: Sequence[Values]) -> pa.Array:
+        """``values`` (each under :data:`MAX_LIST_VALUES`, a row group's; a :class:`Packed`
+        entry holds many rows') as a ``list<float64>`` array."""
+        lengths = np.concatenate(
+            [v.lengths if isinstance(v, Packed) else np.array([0 if v is None else _size(v)]) for v in values]
+        ) if values else np.zeros(0, dtype=np.int64)  # fmt: skip
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
         if total > self._flat.size:
             self._flat = np.empty(max(total, self._flat.size * 5 // 4), dtype=np.float64)
         flat = self._flat[:total]
         target = torch.from_numpy(flat)
-        for v, start, stop in zip(values, offsets[:-1].tolist(), offsets[1:].tolist()):
-            if isinstance(v, torch.Tensor):
-                target[start:stop].copy_(v)  # exact: every float16/bfloat16/float32 is a float64
-            elif v is not None:
-                flat[start:stop] = v
-        mask = pa.array([v is None for v in values], type=pa.bool_())
+        start, missing = 0, []
+        for v in values:
+            if isinstance(v, Packed):
+                stop = start + v.flat.size
+                flat[start:stop] = v.flat
+                missing.append(v.missing)
+            else:
+                stop = start + (0 if v is None else _size(v))
+                if isinstance(v, torch.Tensor):
+                    target[start:stop].copy_(v)  # exact: every float16/bfloat16/float32 is a float64
+                elif v is not None:
+                    flat[start:stop] = v
+                missing.append(np.array([v is None]))
+            start = stop
+        mask = pa.array(np.concatenate(missing) if missing else np.zeros(0, dtype=bool), type=pa.bool_())
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), mask=mask)
 
     def shrink(self, max_bytes: int) -> None:

@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from tracer._autograd import _alive, _grad_fn_name, _in_backward
+from tracer._autograd import _grad_fn_name, _in_backward
 from tracer._buffers import BufferSteps
-from tracer._dispatch import _eager, _warn, activate, deactivate
+from tracer._dispatch import _warn, activate, deactivate
 from tracer._errors import TraceWriteError
+from tracer._grad_hooks import _PRUNE_HANDLES, GradHooks
 from tracer._metrics import MetricSteps, _Pending
 from tracer._ops import NO_OPS, OpCapture
 from tracer._optimizer_steps import OptimizerSteps, _Inflight
@@ -33,14 +34,15 @@ from tracer._plain_steps import PlainSteps, _PlainStep
 from tracer._schema import Row, Sink
 from tracer._selection import BufferInfo, ModuleInfo, ParamInfo
 from tracer._sharded import Sharding, shard_of, waited
+from tracer._staged_steps import StagedSteps
+from tracer._staging import Staging
 from tracer._tensors import Captured, CopyPool, capture
 from tracer._walk import walk
 
 _unseen = torch._C.DisableTorchFunction
-_PRUNE_HANDLES = 4096  # prune dead tensor-hook handles once this many more are held
 
 
-class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
+class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
     """Turns hook events into rows: owns the step counter, call counters and snapshots.
 
     Steps (see README, "Steps"): with optimizers, a step ends after the ``step()`` that
@@ -110,6 +112,12 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         self._metric_calls: dict[str, tuple[int, int]] = {}
         self._pending_metrics: list[_Pending] = []
         self.pool = CopyPool(writer.max_queue_bytes // 2)  # the queue's copies, recycled
+        # small tensors' rows, batched (tracer._staging): readable flush_seconds / 4 later at most
+        self.staging = Staging(
+            writer,
+            flush_seconds=getattr(writer, "flush_seconds", 1.0),
+            on_error=lambda exc: self.cannot_record("staged", "small tensors", exc),
+        )
 
     # -- rows ----------------------------------------------------------------------
     @property
@@ -137,6 +145,10 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         """One row of ``tensor`` (a DTensor's: this rank's shard and ``sharding``, where it sits);
         ``verdict``: ``(rule_error, rule_matches)`` of a verified update."""
         try:
+            if not (isinstance(tensor, Captured) or sharding or verdict or dtype) and self.stage(
+                kind, name, call, part, module_type, tensor, step, grad_enabled, optimizer, group, hparams
+            ):
+                return  # a small tensor: staged with the others of its step
             if not isinstance(tensor, Captured):
                 sharding = shard_of(tensor) or sharding
                 # the rank's real elements, or a pending collective's result: a plain tensor
@@ -177,7 +189,7 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
             return capture(tensor, self.max_values, self.pool)
         key = id(tensor)
         hit = self._captured.get(key)
-        if hit is not None and hit[0]() is tensor and hit[1] == version:
+        if hit is not None and hit[0]() is tensor and hit[1] == version and isinstance(hit[2], Captured):
             return hit[2]
         cap = capture(tensor, self.max_values, self.pool)
         try:
@@ -192,6 +204,8 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
         if self.traced:
             self.emit_buffers(self.step)
         self.flush_metrics()
+        self.staging.seal()  # the step's small tensors, to the writer
+        self.prune_handles()
         self.step_closed = True
         self._captured.clear()
         self.step += 1
@@ -213,6 +227,7 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
             self.emit_buffers(self.step)
         self._finish_plain_step()
         self.flush_metrics(wait=True)
+        self.staging.seal()
 
     def current_step(self) -> int:
         """``step``, once a ``step()`` that raised since the last hook has been counted."""
@@ -302,46 +317,6 @@ class Recorder(OptimizerSteps, PlainSteps, BufferSteps, MetricSteps):
                     self.emit("activation", info.name, call, part, info.module_type, t, grad_enabled=grad_enabled)
             if want_grads and t.requires_grad:
                 self._watch_grad(t, info, call, part)
-
-    def _watch_grad(self, t: torch.Tensor, info: ModuleInfo, call: int, part: str) -> None:
-        """Record the gradient that reaches ``t`` (an output) in the backward pass."""
-        if t.grad_fn is None:
-            # a leaf (a module returning its own parameter): one hook for the whole block,
-            # not one more at every call; its rows take the step and pass they happen in
-            key = id(t)
-            held = self._leaf_hooks.get(key)
-            if held is not None and held[0]() is t:
-                return
-            hook = _eager(self._leaf_grad_hook(info.name, part, info.module_type))
-            self._leaf_hooks[key] = (weakref.ref(t), t.register_hook(hook))
-            return
-        hook = _eager(self._activation_grad_hook(info.name, call, part, info.module_type, self.step))
-        self.tensor_handles.append(t.register_hook(hook))
-        if len(self.tensor_handles) >= self._prune_at:
-            # a long stretch without a step (evaluation with gradients on): keep only the
-            # handles whose tensors are alive, so memory stays bounded
-            self.tensor_handles = [h for h in self.tensor_handles if _alive(h)]
-            self._prune_at = len(self.tensor_handles) + _PRUNE_HANDLES
-
-    def _activation_grad_hook(
-        self, name: str, call: int, part: str, module_type: str, step: int
-    ) -> Callable[[torch.Tensor], None]:
-        def grad_hook(grad: torch.Tensor) -> None:
-            if self.stopped or self.paused or not self.in_backward_pass:
-                return  # torch.autograd.grad (a gradient penalty) is not the loss's backward
-            with torch.no_grad():
-                self.emit("activation_grad", name, call, part, module_type, grad, step=step)
-
-        return grad_hook
-
-    def _leaf_grad_hook(self, name: str, part: str, module_type: str) -> Callable[[torch.Tensor], None]:
-        def grad_hook(grad: torch.Tensor) -> None:
-            if not self.traced or not self.in_backward_pass:
-                return
-            with torch.no_grad():
-                self.emit("activation_grad", name, max(self._backward_calls - 1, 0), part, module_type, grad)
-
-        return grad_hook
 
     def _root_forward(self) -> None:
         """The model's forward starts: the capture cache serves one forward at a time."""

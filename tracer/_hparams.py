@@ -56,14 +56,66 @@ def _tensor_spec(value: Any) -> Any:
 
 def hparams_json(group: dict[str, Any]) -> str:
     """A param group's hyper-parameters (everything but ``params``) as JSON text."""
-    out = {k: _jsonable(v) for k, v in group.items() if k != "params"}
-    tensors = {k: spec for k, v in group.items() if k != "params" and (spec := _tensor_spec(v)) is not None}
+    return _text({k: v for k, v in group.items() if k != "params"}, _specs(group), torch.get_default_dtype())
+
+
+def _specs(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: spec for k, v in group.items() if k != "params" and (spec := _tensor_spec(v)) is not None}
+
+
+def _text(values: dict[str, Any], tensors: dict[str, Any], default: torch.dtype) -> str:
+    out = {k: _jsonable(v) for k, v in values.items()}
     if tensors:
         out[TENSORS] = tensors
-    default = torch.get_default_dtype()
     if default != torch.float32:
         out[DEFAULT_DTYPE] = str(default).removeprefix("torch.")
     return json.dumps(out, sort_keys=True)
+
+
+def hparams_text(group: dict[str, Any]) -> str | DeferredHparams:
+    """:func:`hparams_json`, or where a value is a CUDA tensor (reading it would wait for the
+    GPU) a :class:`DeferredHparams` whose ``str()`` is that text, made on the writer thread."""
+    for v in group.values():
+        if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+            return DeferredHparams(group)
+    return hparams_json(group)
+
+
+class DeferredHparams:
+    """A param group's hyper-parameters with its CUDA tensors being copied to host memory
+    (no wait); ``str()`` waits for the copies and gives :func:`hparams_json`'s text."""
+
+    __slots__ = ("_values", "_tensors", "_default", "_ready", "_done")
+
+    def __init__(self, group: dict[str, Any]) -> None:
+        from tracer._tensors import host_copy
+
+        ready = None
+
+        def copy(v: Any) -> Any:
+            nonlocal ready
+            if isinstance(v, torch.Tensor) and v.device.type == "cuda":
+                host, ready = host_copy(v.detach())
+                return host
+            return type(v)(copy(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+        self._values = {k: copy(v) for k, v in group.items() if k != "params"}
+        self._tensors = _specs(group)  # the values' own devices, not the host copies'
+        self._default = torch.get_default_dtype()
+        self._ready = ready
+        self._done: str | None = None
+
+    def __str__(self) -> str:
+        if self._done is None:
+            if self._ready is not None:
+                self._ready.synchronize()
+            self._done = _text(self._values, self._tensors, self._default)
+        return self._done
+
+
+def as_text(hparams: str | DeferredHparams | None) -> str | None:
+    """The ``hparams`` column's text of what the capture recorded (writer side)."""
+    return hparams if hparams is None or type(hparams) is str else str(hparams)
 
 
 def is_reserved(key: str) -> bool:

@@ -12,22 +12,24 @@ import inspect
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tracer._errors import TraceWriteError
-from tracer._hparams import hparams_json
+from tracer._hparams import hparams_text
 from tracer._sharded import local_of, shard_of
 from tracer._tensors import Captured, adopt, difference_stats
 from tracer._verify_steps import VerifySteps
-from tracer._walk import walk
+from tracer._walk import as_tensor, walk
 
 if TYPE_CHECKING:
+    from tracer._hparams import DeferredHparams
     from tracer._lbfgs_replay import LiveLBFGS
     from tracer._plain_steps import _PlainStep
     from tracer._selection import ParamInfo
+    from tracer._staged_steps import StagedUpdates
     from tracer._tensors import CopyPool
     from tracer._verify import Prediction
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 class _Inflight:
     """One ``optimizer.step()`` whose pre-hook ran and whose post-hook has not (yet)."""
 
-    __slots__ = ("frame", "thread", "nested", "late", "recorded", "step", "snapshots", "evaluations", "lbfgs")
+    __slots__ = ("frame", "thread", "nested", "late", "recorded", "step", "snapshots", "staged", "evaluations", "lbfgs")
 
     def __init__(self, frame: Any, *, nested: bool) -> None:
         self.frame = frame  # the frame of torch's step() wrapper: live while step() runs
@@ -44,7 +46,10 @@ class _Inflight:
         self.late = False  # this step's gradients come from a closure run inside step()
         self.recorded = False  # its grad/param/state rows are written
         self.step: int | None = None  # the step its rows belong to, when not the current one
-        self.snapshots: list[tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str, Prediction | None]] = []
+        self.snapshots: list[
+            tuple[torch.Tensor, torch.Tensor, ParamInfo, str, int, str | DeferredHparams, Prediction | None]
+        ] = []
+        self.staged: list[StagedUpdates] = []  # the parameters staged together (tracer._staged_steps)
         self.evaluations = 0  # closure evaluations recorded inside step() (LBFGS)
         self.lbfgs: LiveLBFGS | None = None  # what verify replays an LBFGS step from
 
@@ -78,6 +83,8 @@ class OptimizerSteps(VerifySteps):
     emit: Callable[..., None]
     cannot_record: Callable[[str, str, BaseException], None]
     advance: Callable[[], None]
+    stage_step: Callable[[torch.optim.Optimizer, int | None], tuple[list[StagedUpdates], list[Any]]]
+    stage_updates: Callable[[torch.optim.Optimizer, list[StagedUpdates], int | None], None]
 
     # -- optimizer (torch's global step hooks) ----------------------------------------
     def watch(self, optimizer: torch.optim.Optimizer, *, adopted: bool) -> None:
@@ -296,7 +303,7 @@ class OptimizerSteps(VerifySteps):
 
     def _emit_update(
         self, p: torch.Tensor, before: torch.Tensor, info: ParamInfo, cls: str | None,
-        group: int | None, hp: str | None, *, step: int | None = None, verdict: tuple[float, bool] | None = None,
+        group: int | None, hp: str | DeferredHparams | None, *, step: int | None = None, verdict: tuple[float, bool] | None = None,
     ) -> None:  # fmt: skip
         sharding = shard_of(p)  # a DTensor's update is after − before on this rank's shard
         try:
@@ -311,6 +318,9 @@ class OptimizerSteps(VerifySteps):
     def _emit_step(self, opt: torch.optim.Optimizer, entry: _Inflight) -> None:
         """The rows of ``opt``'s step once it is over: late gradients and the updates."""
         verdicts = self._lbfgs_verdicts(entry.lbfgs) if entry.lbfgs is not None else {}
+        if entry.staged:
+            staged, entry.staged = entry.staged, []
+            self.stage_updates(opt, staged, entry.step)
         for p, before, info, c, gi, hp, prediction in entry.snapshots:
             if entry.late and not entry.evaluations and p.grad is not None and "grad" in self.kinds:
                 # the closure ran inside step() (other code than torch.optim's): the last
@@ -329,36 +339,55 @@ class OptimizerSteps(VerifySteps):
         itself), so every trainable parameter is snapshotted and its gradient is read
         after the step.
         """
-        kinds = self.kinds
-        cls = type(opt).__name__
         late = entry.late
-        verify = self.verify and "update" in kinds
+        verify = self.verify and "update" in self.kinds
         if verify and late and isinstance(opt, torch.optim.LBFGS):
             entry.lbfgs = self._live_lbfgs(opt)
+        if not (late or verify):  # small tensors batched (tracer._staged_steps), the rest alone
+            entry.staged, alone = self.stage_step(opt, entry.step)
+            for p, info, gi, hp in alone:
+                self._param_rows(opt, entry, p, info, gi, hp)
+            return
+        for gi, hp, p, info in self.stepped_params(opt, late=late):
+            self._param_rows(opt, entry, p, info, gi, hp)
+
+    def stepped_params(
+        self, opt: torch.optim.Optimizer, *, late: bool = False
+    ) -> Iterator[tuple[int, str | DeferredHparams, torch.Tensor, ParamInfo]]:
+        """``(group index, hparams, p, info)`` of each selected parameter ``opt`` will update:
+        those with a gradient (``late``: the closure inside ``step()`` makes it, so any that
+        requires one)."""
         for gi, group in enumerate(opt.param_groups):
-            hp = hparams_json(group)
+            hp = hparams_text(group)
             for p in group["params"]:
                 info = self.params.get(p)
                 if info is None or not info.selected:
                     continue
                 if p.grad is None and not (late and p.requires_grad):
                     continue  # the optimizer skips it: no update, no rows
-                common = dict(optimizer=cls, group=gi, hparams=hp, step=entry.step)
-                if p.grad is not None and "grad" in kinds and not late:
-                    self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
-                if "param" in kinds:
-                    self.emit("param", info.name, 0, "", info.module_type, p, **common)
-                state = [(part, t) for key, value in opt.state.get(p, {}).items()
-                         for part, t in walk(_as_tensor(value), str(key))] if "state" in kinds or verify else []  # fmt: skip
-                if "state" in kinds:
-                    for part, t in state:
-                        self.emit("state", info.name, 0, part, info.module_type, t, **common)
-                if "update" in kinds:
-                    prediction = self._predict(opt, hp, p, dict(state), info) if verify and not late else None
-                    try:
-                        entry.snapshots.append((p, self._snapshot(p), info, cls, gi, hp, prediction))
-                    except Exception as exc:
-                        self.cannot_record("update", info.name, exc)
+                yield gi, hp, p, info
+
+    def _param_rows(self, opt: torch.optim.Optimizer, entry: _Inflight, p: torch.Tensor, info: ParamInfo,
+                    gi: int, hp: str | DeferredHparams) -> None:  # fmt: skip
+        """One parameter's rows before ``step()``, one tensor at a time, and its snapshot."""
+        kinds, cls, late = self.kinds, type(opt).__name__, entry.late
+        verify = self.verify and "update" in kinds
+        common = dict(optimizer=cls, group=gi, hparams=hp, step=entry.step)
+        if p.grad is not None and "grad" in kinds and not late:
+            self.emit("grad", info.name, 0, "", info.module_type, p.grad, **common)
+        if "param" in kinds:
+            self.emit("param", info.name, 0, "", info.module_type, p, **common)
+        state = [(part, t) for key, value in opt.state.get(p, {}).items()
+                 for part, t in walk(as_tensor(value), str(key))] if "state" in kinds or verify else []  # fmt: skip
+        if "state" in kinds:
+            for part, t in state:
+                self.emit("state", info.name, 0, part, info.module_type, t, **common)
+        if "update" in kinds:
+            prediction = self._predict(opt, str(hp), p, dict(state), info) if verify and not late else None
+            try:
+                entry.snapshots.append((p, self._snapshot(p), info, cls, gi, hp, prediction))
+            except Exception as exc:
+                self.cannot_record("update", info.name, exc)
 
 
 def _stack_frames() -> Iterable[Any]:
@@ -374,12 +403,3 @@ def _runs_closure_once_first(optimizer: torch.optim.Optimizer) -> bool:
     step = inspect.unwrap(type(optimizer).step)  # torch wraps step() in its hook caller
     module = getattr(step, "__module__", "") or ""
     return module.startswith("torch.optim") and not isinstance(optimizer, torch.optim.LBFGS)
-
-
-def _as_tensor(value: Any) -> Any:
-    """Python scalars in optimizer state become 0-d tensors (int64 for ints, as replay needs)."""
-    if isinstance(value, float):
-        return torch.tensor(value, dtype=torch.float64)
-    if isinstance(value, (bool, int)):
-        return torch.tensor(value)
-    return value

@@ -9,6 +9,8 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tracer._hparams import DeferredHparams
+    from tracer._staging import Batch
     from tracer._tensors import Captured
 
 SCHEMA_VERSION = 2
@@ -89,7 +91,7 @@ class Row(NamedTuple):
     grad_enabled: bool | None = None
     optimizer: str | None = None
     param_group: int | None = None
-    hparams: str | None = None
+    hparams: str | DeferredHparams | None = None  # text once written (see tracer._hparams.as_text)
     rule_error: float | None = None
     rule_matches: bool | None = None
     global_shape: tuple[int, ...] | None = None
@@ -98,11 +100,15 @@ class Row(NamedTuple):
 
 
 class Sink(Protocol):
-    """Where the recorder puts rows: the Parquet :class:`tracer._store.Writer`, or an
-    in-memory list in tests. ``error`` is the first write failure (None while all is well)."""
+    """Where the recorder puts rows, one by one or staged in batches: the Parquet
+    :class:`tracer._store.Writer`, or an in-memory list in tests. ``error`` is the first write failure (None while all is well)."""
 
     directory: Path
     max_queue_bytes: int
     error: BaseException | None
 
     def put(self, row: Row) -> None: ...
+
+    def put_batch(self, batch: Batch) -> None:
+        """Rows staged together (:mod:`tracer._staging`); ``batch.expand()`` gives them as Rows."""
+        ...

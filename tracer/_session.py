@@ -282,6 +282,7 @@ class Run(RunControls):
         if self._state == "running" and self._writer is not None:
             if self._recorder is not None:
                 self._recorder.flush_metrics(wait=True)
+                self._recorder.staging.seal()
             self._writer.flush()
 
     def load(self, **filters: Any) -> pandas.DataFrame:

@@ -87,7 +87,7 @@ def _any_stats(t: torch.Tensor) -> torch.Tensor:
     if t.is_complex():
         stats = _any_stats(t.abs())
         nonfinite = torch.isfinite(t).logical_not_().sum()  # |z| overflows for some finite z
-        return torch.cat([stats[:5], nonfinite.to(device="cpu", dtype=torch.float64).reshape(1)])
+        return torch.cat([stats[:5], nonfinite.to(dtype=torch.float64).reshape(1)])
     if t.dtype not in _ONE_PASS:
         t = t.to(torch.float64 if not t.is_floating_point() else torch.float32)
     if t.is_cpu:
@@ -96,7 +96,8 @@ def _any_stats(t: torch.Tensor) -> torch.Tensor:
     lo, hi = torch.aminmax(t)
     nonfinite = torch.isfinite(t).logical_not_().sum()
     norm = torch.linalg.vector_norm(t)
-    return torch.stack([mean, var.sqrt(), lo, hi, norm, nonfinite.to(t.dtype)]).to(torch.float64).cpu()
+    # stays on the device: no host sync here (the capture copies it to host without waiting)
+    return torch.stack([mean, var.sqrt(), lo, hi, norm, nonfinite.to(t.dtype)]).to(torch.float64)
 
 
 def _cpu_stats(t: torch.Tensor) -> torch.Tensor:

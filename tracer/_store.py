@@ -21,13 +21,14 @@ from tracer import _encode
 from tracer._compact import Compactor
 from tracer._encode import KIND_ORDER, ValuesBuffer, encode_rows, row_groups
 from tracer._schema import COLUMNS, KINDS, SCHEMA, STRING_COLUMNS, Row
+from tracer._staging import Batch
 
 _STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
 
 
 # --------------------------------------------------------------------------- writing
 
-_Queued = tuple  # (Row, nbytes, time.monotonic() when it was put)
+_Queued = tuple  # (Row or Batch, nbytes, time.monotonic() when it was put)
 
 
 class FileWritten(NamedTuple):
@@ -123,6 +124,7 @@ class Writer:
         self._queue: deque[_Queued] = deque()
         self._queued_bytes = 0  # put and not yet written (waiting or being encoded)
         self._waiting_bytes = 0  # in the queue, not yet taken by a thread
+        self._waiting_rows = 0  # the rows of those (a Batch holds many)
         self._file_bytes = max(max_queue_bytes // 4, 1)  # a file is written at least this often
         self._write_time = _WriteTime()
         self._poll_seconds = min(max(flush_seconds / 20, 0.001), 0.05)  # new rows move a file's start
@@ -163,14 +165,23 @@ class Writer:
 
     # -- training thread ------------------------------------------------------------
     def put(self, row: Row) -> None:
-        nbytes = row.captured.nbytes
+        self._enqueue(row, row.captured.nbytes)
+
+    def put_batch(self, batch: Batch) -> None:
+        """Queue the staged rows of ``batch`` (see :mod:`tracer._staging`) as one entry,
+        due ``flush_seconds`` after its oldest row was recorded (not after now)."""
+        self._enqueue(batch, batch.nbytes, batch.since)
+
+    def _enqueue(self, item: Row | Batch, nbytes: int, since: float | None = None) -> None:
         with self._cond:
             while self._queued_bytes > self.max_queue_bytes and self._alive():
                 self._cond.wait(0.1)
             was_empty = not self._queue
-            self._queue.append((row, nbytes, time.monotonic()))
+            now = time.monotonic()
+            self._queue.append((item, nbytes, now if since is None else min(since, now)))
             self._queued_bytes += nbytes
             self._waiting_bytes += nbytes
+            self._waiting_rows += len(item) if isinstance(item, Batch) else 1
             self._rows_put += 1
             if was_empty or self._waiting_bytes >= self._file_bytes:
                 self._cond.notify_all()  # a writer times the next file; it polls from then on
@@ -209,11 +220,11 @@ class Writer:
                 if batch is None:
                     return  # closing and the queue is empty: every row is written
                 batch_bytes = sum(nbytes for _, nbytes, _ in batch)
-                count = len(batch)
+                count = sum(len(item) if isinstance(item, Batch) else 1 for item, _, _ in batch)
                 index = self._next_file
                 self._next_file += 1
                 self._in_flight[index] = self._rows_taken
-                self._rows_taken += count
+                self._rows_taken += len(batch)  # queue entries (a Batch is one)
             oldest_put = batch[0][2]
             written = False
             started = renamed = time.monotonic()
@@ -258,7 +269,7 @@ class Writer:
 
     def _start_time(self) -> float:
         """When the next file must start for the oldest waiting row to be readable in time."""
-        seconds = self._write_time.seconds(_WriteTime.weight(len(self._queue), self._waiting_bytes))
+        seconds = self._write_time.seconds(_WriteTime.weight(self._waiting_rows, self._waiting_bytes))
         if not self._write_time.timed:  # a guess, and the first file pays pyarrow's warm-up
             seconds = max(seconds, self.flush_seconds / 2)
         return self._queue[0][2] + self.flush_seconds - self._margin - seconds
@@ -273,32 +284,38 @@ class Writer:
         max_weight = max(self._write_time.weight_in(time_left), 2 * _WriteTime.FILE_WEIGHT)
         late = now - self.flush_seconds + self._margin  # rows put before this are late already
         batch: list[_Queued] = []
-        nbytes = 0
+        nbytes = rows = 0
         while self._queue and nbytes <= self._file_bytes:
-            _, size, put = self._queue[0]
-            if batch and put > late and _WriteTime.weight(len(batch) + 1, nbytes + size) > max_weight:
+            item, size, put = self._queue[0]
+            n = len(item) if isinstance(item, Batch) else 1
+            if batch and put > late and _WriteTime.weight(rows + n, nbytes + size) > max_weight:
                 break
             batch.append(self._queue.popleft())
             nbytes += size
+            rows += n
         self._waiting_bytes -= nbytes
+        self._waiting_rows -= rows
         return batch
 
     def _file_name(self, index: int) -> str:
         """File number ``index``'s name, without ``.parquet`` (see the module docstring)."""
         return f"part-{self.rank:05d}-{self._session}-{index:06d}"
 
-    def _write(self, rows: list[Row], index: int, values: ValuesBuffer) -> bool:
+    def _write(self, rows: list[Row | Batch], index: int, values: ValuesBuffer) -> bool:
         """Write ``rows`` to file number ``index``; False when nothing was written."""
         if self.error is not None:
             return False  # already failed: rows are dropped, the error is raised to the user
         name = self._file_name(index)
         tmp = self.directory / f".{name}.tmp"
         try:
-            grouped = sum(row.captured.nbytes for row in rows) > _encode.ROW_GROUP_BYTES
-            if grouped:  # see row_groups
-                rows.sort(key=lambda row: (KIND_ORDER.get(row.kind, len(KINDS)), row.name))
+            grouped = sum(_nbytes(row) for row in rows) > _encode.ROW_GROUP_BYTES
+            if grouped:  # see row_groups (a large file: staged rows one by one, to be sorted)
+                rows = [r for item in rows for r in (item.expand() if isinstance(item, Batch) else (item,))]
+                rows.sort(key=lambda row: (KIND_ORDER.get(row.kind, len(KINDS)), row.name))  # type: ignore[union-attr]
             columns, row_values = encode_rows(rows, self.rank)
-            groups = row_groups(rows, row_values) if grouped else [(0, len(rows))]
+            count = len(columns["step"])
+            # (a file of small rows is one row group: its values list may hold Packed batches)
+            groups = row_groups(rows, row_values) if grouped else [(0, count)]  # type: ignore[arg-type]
             with pq.ParquetWriter(
                 tmp,
                 SCHEMA,
@@ -312,7 +329,7 @@ class Writer:
                     # values are converted one row group at a time, into memory reused for
                     # the next group once this one is encoded
                     group = [
-                        values.list_array(row_values[start:stop])
+                        values.list_array(row_values[start:stop] if grouped else row_values)
                         if c == "values"
                         else columns[c].slice(start, stop - start)
                         for c in COLUMNS
@@ -330,6 +347,10 @@ class Writer:
 
 
 _TRIM_BYTES = 4 << 20
+
+
+def _nbytes(item: Row | Batch) -> int:
+    return item.nbytes if isinstance(item, Batch) else item.captured.nbytes
 
 
 def _load_malloc_trim() -> Any:

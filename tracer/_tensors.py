@@ -29,7 +29,7 @@ import contextlib
 import math
 import threading
 import weakref
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ class Captured(NamedTuple):
     values: torch.Tensor | None  # flattened CPU copy (a dtype of _PLAIN), small tensors
     nbytes: int
     keep: bool = True  # whether ``values`` go into the trace or only serve the statistics
+    ready: Any = None  # a CUDA event: ``stats``/``values`` are being copied to host until it completes
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -208,6 +209,9 @@ def _snapshot(
         # a small copy is cheaper than statistics here: the writer thread computes them
         if fresh and t.is_cpu:
             values = t.reshape(-1)
+        elif t.device.type == "cuda":  # no sync: the writer waits for the copy
+            values, ready = host_copy(t.reshape(-1))
+            return Captured(shape, dtype, numel, None, values, _ROW_OVERHEAD + values.nbytes, keep, ready)
         else:  # serial: a parallel CPU copy waits for a second core, on a busy machine for ms
             with serial() if t.is_cpu and numel >= _GRAIN else contextlib.nullcontext():
                 if pool is None:
@@ -215,7 +219,22 @@ def _snapshot(
                 else:
                     values = pool.empty((numel,), t.dtype).copy_(t.reshape(-1))
         return Captured(shape, dtype, numel, None, values, _ROW_OVERHEAD + values.nbytes, keep)
-    return Captured(shape, dtype, numel, _stats(t), None, _ROW_OVERHEAD)
+    stats = _stats(t)
+    if stats.is_cpu:
+        return Captured(shape, dtype, numel, stats, None, _ROW_OVERHEAD)
+    host, ready = host_copy(stats) if stats.device.type == "cuda" else (stats.cpu(), None)
+    return Captured(shape, dtype, numel, host, None, _ROW_OVERHEAD, True, ready)
+
+
+def host_copy(t: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """``t`` (on a CUDA device) copied into pinned host memory without waiting, and the CUDA
+    event (recorded on the current stream) after which the copy may be read: the writer
+    thread waits on it, the training thread never does."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 def _capture_unusual(t: torch.Tensor, max_values: int | None, pool: CopyPool | None) -> Captured:
@@ -366,6 +385,8 @@ def finish(c: Captured) -> tuple[tuple[float | None, ...], np.ndarray | torch.Te
     no copy of its own). A complex tensor's values are its real and imaginary parts
     interleaved (twice ``numel`` floats), its statistics those of |z|.
     """
+    if c.ready is not None:
+        c.ready.synchronize()  # the host copy of a CUDA tensor (this thread waits, not training)
     if c.values is None:
         if c.stats is None:
             return (None,) * 6, None

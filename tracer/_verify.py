@@ -91,7 +91,7 @@ def predict(
     }
     try:
         predicted = rule.predict(
-            wide(p), grad, {k: wide(v) for k, v in state.items()}, {**json.loads(hparams), **context}
+            wide(p), grad, {k: wide(v) for k, v in state.items()}, {**json.loads(str(hparams)), **context}
         )
     except rules.CannotPredict:
         return None

@@ -37,3 +37,17 @@ def walk(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torc
         return
     for key, value in items:
         yield from walk(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
+
+
+def as_tensor(value: Any) -> Any:
+    """Python scalars in optimizer state as 0-d tensors (int64 for ints, as replay needs);
+    anything else as it is.
+
+    >>> as_tensor(3).dtype, as_tensor(0.5).dtype
+    (torch.int64, torch.float64)
+    """
+    if isinstance(value, float):
+        return torch.tensor(value, dtype=torch.float64)
+    if isinstance(value, (bool, int)):
+        return torch.tensor(value)
+    return value
