@@ -180,3 +180,17 @@ def test_hats_go_over_their_letter():
     assert "<msub><mover><mi>m</mi><mo>&#x002C6;</mo></mover><mi>t</mi></msub>" in shown  # as \hat{m}_t
     assert "&#x0005E;" not in shown
     assert "<mover><mi>x</mi><mo>&#x002C6;</mo></mover>" in _mathml(r"\hat{x} = 1")
+
+
+def test_a_text_table_pads_each_column_to_its_widest_cell_and_escapes_only_what_a_terminal_must_not_print():
+    table = Table(
+        ("step", "parameter", "check"), (("0", "fc.weight", Cell("✓ rule", note="why")), ("10", "b\x1b[2J", "–"))
+    )
+    assert [
+        "  step | parameter | check       ",
+        "  -----+-----------+-------------",
+        "  0    | fc.weight | ✓ rule (why)",
+        "  10   | b\\x1b[2J  | –           ",
+    ] == _render._aligned(table)
+    assert ["  a | b", "  --+--"] == _render._aligned(Table(("a", "b"), ()))
+    assert ["  "] * 4 == _render._aligned(Table((), ((), ())))  # no columns: header, rule, two rows

@@ -172,15 +172,20 @@ class Judge:
             self._rules[optimizer] = rules.rule_for(optimizer, self.bases.get(optimizer, []))
         return self._rules[optimizer]
 
-    def describe(self, check: UpdateCheck, rule: rules.Rule, used: str | None, hp_text: str) -> bool:
-        """Fill in the rule's text and LaTeX; False (with the reason) when the hparams do not fit it."""
+    def texts(self, rule: rules.Rule, used: str | None, hp_text: str, hparams: dict[str, Any]) -> tuple[str, str] | str:
+        """The rule's ``(text, LaTeX)`` for these hyper-parameters (made once per rule and
+        hparams text); the reason, when they do not fit the rule."""
         key = (str(used), hp_text)
         if key not in self._texts:
             try:
-                self._texts[key] = (rule.text(check.hparams), rule.latex(check.hparams))
+                self._texts[key] = (rule.text(hparams), rule.latex(hparams))
             except _BAD_HPARAMS as exc:
                 self._texts[key] = _bad_hparams(used, exc)
-        texts = self._texts[key]
+        return self._texts[key]
+
+    def describe(self, check: UpdateCheck, rule: rules.Rule, used: str | None, hp_text: str) -> bool:
+        """Fill in the rule's text and LaTeX; False (with the reason) when the hparams do not fit it."""
+        texts = self.texts(rule, used, hp_text, check.hparams)
         if isinstance(texts, str):
             check.reason = texts
             return False

@@ -126,6 +126,37 @@ class Tolerance:
             c.max_abs_error, c.matches, c.mismatches = top, not count, count
             c.first_mismatch = int(np.flatnonzero(bad[start : start + size])[0]) if count else None
 
+    def judge_rows(
+        self, old: np.ndarray, update: np.ndarray, predicted: np.ndarray, dtype: str
+    ) -> tuple[list[float], list[int], list[int]]:
+        """The verdicts of many updates of one shape at once, a row each (flat float64):
+        ``(max_abs_error, mismatches, first_mismatch)`` per row, as :meth:`judge` sets them
+        (``first_mismatch`` is 0 where nothing is outside the tolerance).
+
+        >>> Tolerance().judge_rows(np.zeros((1, 2)), np.ones((1, 2)), np.ones((1, 2)), "float64")
+        ([0.0], [0], [0])
+        """
+        rtol, atol, step_rtol = self.resolve(dtype)
+        n, size = predicted.shape
+        worst, counts, first = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        rows = max(1, _CHUNK // max(size, 1))
+        for at in range(0, n if size else 0, rows):
+            pred, before = predicted[at : at + rows], old[at : at + rows]
+            observed = before + update[at : at + rows]
+            with np.errstate(invalid="ignore", over="ignore"):  # inf − inf
+                error = np.abs(pred - observed)
+                bad = ~(
+                    error <= atol + rtol * np.maximum(np.abs(before), np.abs(pred)) + step_rtol * np.abs(pred - before)
+                )
+            if bad.any():  # equal values (infinities) and NaN against NaN match all the same
+                same = (pred == observed) | (np.isnan(pred) & np.isnan(observed))
+                error[same] = 0.0
+                bad &= ~same
+            worst[at : at + rows] = error.max(axis=1)
+            counts[at : at + rows] = bad.sum(axis=1)
+            first[at : at + rows] = bad.argmax(axis=1)
+        return worst.tolist(), counts.tolist(), first.tolist()
+
 
 _CHUNK = 1 << 15
 """Elements compared at once: enough to amortise the per-call cost, few enough to stay in cache."""

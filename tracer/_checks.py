@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from tracer import rules
 from tracer._check_judge import Judge, group_of
 from tracer._check_tolerance import Tolerance
+from tracer._checks_arrays import array_checks
 from tracer._lbfgs_trace import is_lbfgs, lbfgs_checks
 from tracer._trace import (
     UPDATE_COLUMNS,
@@ -180,7 +181,7 @@ def build_checks(
 ) -> list[UpdateCheck]:
     """One :class:`UpdateCheck` per ``update`` row of ``df`` (kinds grad/param/update/state);
     ``losses()`` gives the loss rows, read only when an LBFGS step needs them."""
-    with _no_gc():  # it makes a few objects per row, none in a cycle: collecting them is wasted
+    with no_gc():  # it makes a few objects per row, none in a cycle: collecting them is wasted
         lbfgs = {}
         named = set(df["optimizer"].dropna().tolist()) if len(df) and "optimizer" in df.columns else set()
         if any(is_lbfgs(o, optimizer_bases) for o in named):
@@ -189,9 +190,10 @@ def build_checks(
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """The cyclic garbage collector paused (as it was before, after): a long trace's checks
-    make hundreds of thousands of objects, and each collection walks all of them."""
+    make hundreds of thousands of objects, and each collection walks all of them. The report
+    and its renderings are built under it too (they make few cycles, and free them after)."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -207,9 +209,19 @@ def _build(
     extra_classes: Sequence[type],
     tolerance: Tolerance | None,
     lbfgs: dict[tuple[int, str], Any],
+    *,
+    arrays: bool = True,
 ) -> list[UpdateCheck]:
+    """The checks of ``df``'s updates: most of them a parameter at a time on arrays
+    (:mod:`tracer._checks_arrays`; ``arrays=False``: none), the rest row by row."""
+    policy = tolerance or Tolerance()
     judge = Judge(optimizer_bases, tuple(extra_classes), UpdateCheck, lbfgs)
-    events, group_sizes = _events(df)
+    keep = df["kind"].isin(_KINDS) if len(df) else None
+    rows = df if keep is None or bool(keep.all()) else df[keep]  # a trace's updates() are all of these kinds
+    order = rows.groupby(["step", "name"], sort=False).ngroup().to_numpy() if len(rows) else np.zeros(0, np.int64)
+    group_sizes = _group_sizes(rows)
+    done, slow = array_checks(rows, judge, group_sizes, order, policy, UpdateCheck) if arrays else ([], None)
+    events = _events(rows if slow is None else rows[slow], order if slow is None else order[slow])
     checks = []
     for (step, name), entry in events.items():
         upd = entry.get("update")
@@ -218,31 +230,34 @@ def _build(
         par, grd = entry.get("param"), entry.get("grad")
         check = judge.new_check(int(step), str(name), upd, par, grd)
         # a rule may need the size of the group (LBFGS's first step scales by ‖g‖₁ of all)
-        check.group_size = group_sizes.get((step, upd["optimizer"], check.param_group))
+        check.group_size = group_sizes.get((int(step), check.optimizer, check.param_group))
         judge.run(check, upd, par, grd, entry["state"])
-        checks.append(check)
+        checks.append((int(step), entry["order"], check))
     judge.finish()
-    (tolerance or Tolerance()).judge([c for c in checks if c.predicted is not None])
-    judge.diverged(checks)
-    judge.verified(checks)
-    checks.sort(key=lambda c: c.step)  # stable: training order within a step
-    return checks
+    row_checks = [c for _, _, c in checks]
+    policy.judge([c for c in row_checks if c.predicted is not None])
+    judge.diverged(row_checks)
+    judge.verified(row_checks)
+    ordered = done + checks
+    ordered.sort(key=lambda t: (t[0], t[1]))  # training order: by step, then each update's first row
+    return [c for _, _, c in ordered]
 
 
+_KINDS = ("grad", "param", "update", "state")
 _EVENT_COLUMNS = ("step", "name", "kind", "part", "optimizer", "param_group", "hparams", "dtype", "shape", "numel",
                   "norm", "values", "rule_error", "rule_matches", "call")  # fmt: skip
 
 
-def _events(df: pd.DataFrame) -> tuple[dict[tuple[int, str], dict[str, Any]], dict[tuple[Any, ...], int]]:
-    """The rows of each (step, parameter), by kind; and how many parameters each group updated."""
-    rows = df[df["kind"].isin(["grad", "param", "update", "state"])] if len(df) else df
+def _events(rows: pd.DataFrame, order: np.ndarray) -> dict[tuple[int, str], dict[str, Any]]:
+    """The rows of each (step, parameter), by kind, and the position of its first row (``order``)."""
     columns = [c for c in _EVENT_COLUMNS if c in rows.columns]
     # one pass in plain Python: pandas grouping per update costs far more than the check
     events: dict[tuple[int, str], dict[str, Any]] = {}
-    for key, row in zip(zip(rows["step"].tolist(), rows["name"].tolist()), _records(rows, columns)):
+    keys = zip(rows["step"].tolist(), rows["name"].tolist()) if len(rows) else iter(())
+    for key, at, row in zip(keys, order.tolist(), _records(rows, columns)):
         entry = events.get(key)
         if entry is None:
-            entry = events[key] = {"state": []}
+            entry = events[key] = {"state": [], "order": at}
         kind = row["kind"]
         if kind != "state" and row.get("call", 0) != 0:
             continue  # LBFGS's later closure evaluations: the LBFGS replay reads them from the frame
@@ -250,13 +265,33 @@ def _events(df: pd.DataFrame) -> tuple[dict[tuple[int, str], dict[str, Any]], di
             entry["state"].append(row)
         elif kind not in entry:
             entry[kind] = row
-    group_sizes: dict[tuple[Any, ...], int] = {}
-    for (step, _), entry in events.items():
-        par = entry.get("param")
-        if par is not None:
-            group = (step, par.get("optimizer"), group_of(par.get("param_group")))
-            group_sizes[group] = group_sizes.get(group, 0) + 1
-    return events, group_sizes
+    return events
+
+
+def _group_sizes(rows: pd.DataFrame) -> dict[tuple[Any, ...], int]:
+    """``{(step, optimizer, param group): parameters}``: how many parameters each group updated
+    (those with a param row at that step)."""
+    if not len(rows):
+        return {}
+    call = rows["call"].fillna(0) if "call" in rows.columns else 0
+    params = rows[(rows["kind"] == "param") & (call == 0)].drop_duplicates(["step", "name"])
+    none = pd.Series(None, index=params.index, dtype=object)
+    optimizer = params["optimizer"] if "optimizer" in params.columns else none
+    group = params["param_group"] if "param_group" in params.columns else none
+    opt_codes, opt_names = pd.factorize(optimizer.astype(object), use_na_sentinel=True)
+    group_codes, group_values = pd.factorize(group.astype(object), use_na_sentinel=True)
+    keys = pd.DataFrame({"step": params["step"].to_numpy(np.int64), "o": opt_codes, "g": group_codes})
+    counts = keys.groupby(["step", "o", "g"], sort=False).size()
+    names = [_text(o) for o in opt_names.tolist()]
+    groups = [group_of(g) for g in group_values.tolist()]
+    return {
+        (step, names[o] if o >= 0 else None, groups[g] if g >= 0 else None): n
+        for (step, o, g), n in zip(counts.index.tolist(), counts.tolist())
+    }
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _records(rows: pd.DataFrame, columns: list[str]) -> Any:

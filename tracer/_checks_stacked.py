@@ -45,28 +45,49 @@ def predict_stacked(rule: Rule, checks: Sequence[UpdateCheck], alone: Inputs) ->
     call on their stacked inputs; None when the rule does not compute a stack step by step."""
     first = checks[0]
     assert first.param is not None
-    param = torch.from_numpy(np.stack([c.param for c in checks if c.param is not None]))
-    grad = None if first.grad is None else torch.from_numpy(np.stack([c.grad for c in checks if c.grad is not None]))
-    state = {key: _stacked([c.state[key] for c in checks], first.param.ndim) for key in first.state}
+    param = np.stack([c.param for c in checks if c.param is not None])
+    grad = None if first.grad is None else np.stack([c.grad for c in checks if c.grad is not None])
+    state = {key: np.stack([c.state[key] for c in checks]) for key in first.state}
+    return predict_arrays(rule, param, grad, state, first.rule_hparams, lambda i: alone(checks[i]))
+
+
+def predict_arrays(
+    rule: Rule,
+    param: np.ndarray,
+    grad: np.ndarray | None,
+    state: dict[str, np.ndarray],
+    hparams: dict[str, Any],
+    alone: Callable[[int], tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]],
+) -> np.ndarray | None:
+    """The rule's new values of the steps stacked along the first axis of ``param``, ``grad``
+    and each state (a row of flat float64 per step), in one call; None when the rule does not
+    give the first and last step as it does alone (``alone(i)``: step ``i``'s own inputs).
+
+    >>> predict_arrays(rules.RULES["SGD"], param, grad, {}, hparams, alone)  # doctest: +SKIP
+    """
+    n = len(param)
+    stacked_param = torch.from_numpy(param)
+    stacked_grad = None if grad is None else torch.from_numpy(grad)
+    stacked_state = {key: _stacked(value, param.ndim - 1) for key, value in state.items()}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a rule that warns on the extra axis: step by step, silently
-            new = rule.predict(param, grad, state, first.rule_hparams)
-            if tuple(new.shape) != tuple(param.shape):
+            new = rule.predict(stacked_param, stacked_grad, stacked_state, hparams)
+            if tuple(new.shape) != tuple(stacked_param.shape):
                 return None
-            for i in (0, len(checks) - 1):
-                one = rule.predict(*alone(checks[i]), checks[i].rule_hparams)
+            for i in (0, n - 1):
+                one = rule.predict(*alone(i), hparams)
                 if not torch.equal(one.to(new.dtype), new[i]):
                     return None
     except Exception:  # any failure on the stack: compute the steps one by one instead
         return None
-    return new.detach().reshape(len(checks), -1).to(torch.float64).numpy()
+    return new.detach().reshape(n, -1).to(torch.float64).numpy()
 
 
-def _stacked(values: list[np.ndarray], ndim: int) -> torch.Tensor:
+def _stacked(values: np.ndarray, ndim: int) -> torch.Tensor:
     """The steps' values of one state key stacked; a scalar state (a step count) shaped to
-    broadcast against the stacked parameter."""
-    stacked = torch.from_numpy(np.stack(values))
-    if values[0].ndim == 0:
+    broadcast against the stacked parameter (of ``ndim`` dimensions per step)."""
+    stacked = torch.from_numpy(values)
+    if values.ndim == 1:
         stacked = stacked.reshape(len(values), *([1] * ndim))
     return stacked

@@ -165,13 +165,15 @@ def to_text(blocks: Sequence[Block]) -> str:
 
 
 def _aligned(t: Table) -> list[str]:
-    rows = [tuple(escape_text(_cell_text(c)) for c in r) for r in (t.header, *t.rows)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(t.header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  " + " | ".join(c.ljust(w) for c, w in zip(row, widths))
-
-    return [line(rows[0]), "  " + "-+-".join("-" * w for w in widths), *map(line, rows[1:])]
+    """The table's lines, each column padded to its widest cell; a column at a time, escaped
+    only where it holds what a terminal must not print (a long trace's table has 20k rows)."""
+    columns = [[c if type(c) is str else _cell_text(c) for c in (h, *(r[i] for r in t.rows))]
+               for i, h in enumerate(t.header)]  # fmt: skip
+    columns = [c if "".join(c).isprintable() else [escape_text(x) for x in c] for c in columns]
+    widths = [max(map(len, column)) for column in columns]
+    line = "  " + " | ".join(f"{{:<{w}}}" for w in widths)
+    rows = list(zip(*columns)) or [()] * (1 + len(t.rows))
+    return [line.format(*rows[0]), "  " + "-+-".join("-" * w for w in widths), *(line.format(*r) for r in rows[1:])]
 
 
 # --------------------------------------------------------------------------- Markdown

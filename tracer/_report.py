@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from tracer._checks import UpdateCheck, check_updates
+from tracer._checks import UpdateCheck, check_updates, no_gc
 from tracer._explain import Walk, may_walk, too_large, walkthroughs
 from tracer._render import Block, Formula, Heading, Para, Raw, Section
 from tracer._render import to_html as _to_html
@@ -62,17 +62,26 @@ def report(
         name: only these parameters (names or glob patterns).
         max_elements: tensors with at most this many elements are worked element by element.
     """
-    opened = Trace.open(trace)
-    checks = check_updates(opened, optimizers=tuple(optimizers or ()), step=step, name=name)
-    rows = opened.stats if step is None else opened.rows(step=step, columns=_STEP_COLUMNS)
+    with no_gc():
+        return _report(Trace.open(trace), tuple(optimizers or ()), step, name, max_elements)
+
+
+def _report(
+    opened: Trace, optimizers: tuple[type, ...], step: StepFilter, name: NameFilter, max_elements: int
+) -> Report:
+    checks = check_updates(opened, optimizers=optimizers, step=step, name=name)
     if name is not None:
         no_walk: str | None = "a name filter selects only some parameters, and a walkthrough works the whole model"
     elif not may_walk(opened.meta.parameters, max_elements):
         no_walk = too_large(max_elements)
     else:
         no_walk = None
-    walks = walkthroughs(opened, rows, max_elements) if no_walk is None else {}
-    steps = sorted({int(s) for s in rows["step"]})
+    if no_walk is not None and step is None:  # no walkthrough: which steps there are is all it needs
+        walks, steps = {}, opened.steps
+    else:
+        rows = opened.stats if step is None else opened.rows(step=step, columns=_STEP_COLUMNS)
+        walks = walkthroughs(opened, rows, max_elements) if no_walk is None else {}
+        steps = np.unique(np.asarray(rows["step"], dtype=np.int64)).tolist()
     return Report(checks, walks, steps, source=opened.source, max_elements=max_elements,
                   skipped=_skipped(opened, step, name), trace=opened, no_walk=no_walk)  # fmt: skip
 
@@ -247,16 +256,19 @@ class Report:
         then one line per update with ✓/✗, the error and the norms."""
         from tracer._report_text import to_text
 
-        return to_text(self)
+        with no_gc():
+            return to_text(self)
 
     def to_markdown(self) -> str:
         """Markdown, every step in full, with each rule also as a ``$$`` LaTeX block."""
-        return _to_markdown(self.blocks())
+        with no_gc():
+            return _to_markdown(self.blocks())
 
     def to_html(self, *, findings: bool = True) -> str:
         """One self-contained HTML page (no scripts, no network): summary, findings and plots
         (``findings=True``; plots need ``torch-tracer[plots]``), then every step."""
-        return _to_html(self.blocks(extras=findings), title=f"tracer report: {self.source}")
+        with no_gc():
+            return _to_html(self.blocks(extras=findings), title=f"tracer report: {self.source}")
 
     def to_latex(self) -> str:
         """A LaTeX fragment (amsmath)."""

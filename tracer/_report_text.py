@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from tracer._checks import UpdateCheck
 from tracer._render import Block, Formula, Heading, Para, Section, Table
 from tracer._render import to_text as _render_text
-from tracer._report_update import group, mark, shown_hparams
-from tracer.rules._base import num
+from tracer._report_update import group, shown_hparams
+from tracer.rules._base import MINUS, num
 
 if TYPE_CHECKING:
     from tracer._report import Report
@@ -108,10 +108,13 @@ def _hparams(members: list[UpdateCheck]) -> str:
 
 
 def _updates(rep: Report) -> list[Block]:
-    rows = []
-    for c in rep.checks:
-        rows.append((str(c.step), c.name, f"{mark(c)} {c.check or 'not checked'}", _n(c.max_abs_error),
-                     _n(c.norms.get("grad")), _n(c.norms.get("update")), _n(c.norms.get("param")), _ratio(c)))  # fmt: skip
+    marks = {True: "✓", False: "✗", None: "–"}
+    rows = [
+        (str(c.step), c.name, f"{marks[c.matches]} {c.check or 'not checked'}", _n(c.max_abs_error),
+         _n(norms.get("grad")), _n(norms.get("update")), _n(norms.get("param")), _ratio(c))
+        for c in rep.checks
+        for norms in (c.norms,)
+    ]  # fmt: skip
     out: list[Block] = [
         Heading(2, "Updates"),
         Para(
@@ -129,7 +132,10 @@ def _updates(rep: Report) -> list[Block]:
 
 
 def _n(value: float | None) -> str:
-    return "–" if value is None else num(value)
+    """:func:`~tracer.rules._base.num` of a float, "–" for None (inlined: it runs for every update)."""
+    if value is None:
+        return "–"
+    return "0" if value == 0 else format(float(value), ".6g").replace("-", MINUS)
 
 
 def _ratio(c: UpdateCheck) -> str:

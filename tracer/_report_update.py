@@ -15,7 +15,7 @@ import numpy as np
 
 from tracer._checks import UpdateCheck
 from tracer._render import Block, Cell, Formula, Heading, Items, Para, Table
-from tracer.rules._base import num
+from tracer.rules._base import MINUS, num
 
 WORDS = {
     "lr": "the learning rate",
@@ -173,20 +173,27 @@ def step_table(checks: list[UpdateCheck]) -> Table:
     """One row per update of a step; a long reason is the check cell's note, never cut."""
     rows = []
     for c in checks:
-        short = f"{mark(c)} {c.check or ''}".strip()
-        check: str | Cell = f"{mark(c)} {c.check or c.reason or ''}".strip()
+        shown = mark(c)
+        short = f"{shown} {c.check or ''}".strip()
+        check: str | Cell = f"{shown} {c.check or c.reason or ''}".strip()
         if c.reason and (c.check or len(c.reason) > 60):
             check = Cell(short, note=c.reason)
+        norms = c.norms
         rows.append(
-            (c.name, check, num(c.max_abs_error) if c.max_abs_error is not None else "–",
-             num(c.norms.get("grad", math.nan)), num(c.norms.get("update", math.nan)), ratio(c.update_ratio))
+            (c.name, check, _num(c.max_abs_error) if c.max_abs_error is not None else "–",
+             _num(norms.get("grad", math.nan)), _num(norms.get("update", math.nan)), ratio(c.update_ratio))
         )  # fmt: skip
     return Table(("parameter", "check", "max error", "‖g‖", "‖Δθ‖", "‖Δθ‖/‖θ‖"), tuple(rows))
 
 
 def ratio(value: float | None) -> str:
     """‖Δθ‖/‖θ‖, or "—" where it has no value (a zero parameter: ‖θ‖ = 0)."""
-    return "—" if value is None or not math.isfinite(value) else num(value)
+    return "—" if value is None or not math.isfinite(value) else _num(value)
+
+
+def _num(value: float) -> str:
+    """:func:`~tracer.rules._base.num`, inlined: the step tables of a long trace call it for every update."""
+    return "0" if value == 0 else format(float(value), ".6g").replace("-", MINUS)
 
 
 def glossary(c: UpdateCheck) -> str | None:

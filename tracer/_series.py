@@ -122,8 +122,7 @@ class Series:
     @functools.cached_property
     def lead(self) -> pd.DataFrame:
         """:attr:`stats` of the lowest rank: what the per-step series are made of."""
-        stats = self.stats
-        return stats[stats["rank"] == stats["rank"].min()] if len(stats) else stats
+        return self.stats[self.stats["rank"] == self.stats["rank"].min()] if len(self.stats) else self.stats
 
     @functools.cached_property
     def steps(self) -> list[int]:
@@ -306,19 +305,20 @@ def _losses_per_step(s: Series) -> pd.DataFrame:
     loss = lead[(lead["kind"] == "loss") & training]
     spans = _optimizer_spans(s)
     groups: dict[tuple[int, str | None], tuple[list[float], list[float]]] = {}
-    for step, order, value in zip(loss["step"], loss.index, loss["mean"]):
+    for step, order, value in zip(loss["step"].tolist(), loss.index.tolist(), loss["mean"].tolist()):
         key, inside = _span_of(spans.get(int(step), []), int(order))
         before, within = groups.setdefault((int(step), key), ([], []))
         (within if inside else before).append(float(value))
     keys = [k for k in dict.fromkeys(k for _, k in groups) if k is not None]
     labels = _labels(s, keys)
     trailing = labels[keys[0]] if len(keys) == 1 else "loss"  # losses no optimizer step follows
-    records = []
-    for (step, key), (before, within) in groups.items():
-        values = before or within[:1]  # a closure evaluated inside step() counts once
-        records.append((step, labels.get(key, trailing) if key else trailing, float(sum(values)), len(values)))
-    out = pd.DataFrame(records, columns=["step", "series", "loss", "calls"])
-    return out.astype({"step": "int64", "series": object, "loss": "float64", "calls": "int64"})
+    records = [  # a closure evaluated inside step() counts once
+        (step, labels.get(key, trailing) if key else trailing, float(sum(values)), len(values))
+        for (step, key), (before, within) in groups.items()
+        for values in (before or within[:1],)
+    ]
+    types = {"step": "int64", "series": object, "loss": "float64", "calls": "int64"}
+    return pd.DataFrame(records, columns=list(types)).astype(types)
 
 
 def _optimizer_spans(s: Series) -> dict[int, list[tuple[int, int, str]]]:
@@ -327,9 +327,9 @@ def _optimizer_spans(s: Series) -> dict[int, list[tuple[int, int, str]]]:
     lead = s.lead
     rows = lead[lead["kind"].isin(OPTIMIZER_KINDS)]
     frame = pd.DataFrame({"step": rows["step"], "key": s.optimizer_keys(rows), "order": rows.index})
-    spans = frame.groupby(["step", "key"], sort=False)["order"].agg(["min", "max"]).reset_index()
+    spans = frame.groupby(["step", "key"], sort=False)["order"].agg(["min", "max"]).reset_index().sort_values("min")
     out: dict[int, list[tuple[int, int, str]]] = {}
-    for step, key, lo, hi in spans.sort_values("min").itertuples(index=False):
+    for step, key, lo, hi in zip(*(spans[c].tolist() for c in ("step", "key", "min", "max"))):
         out.setdefault(int(step), []).append((int(lo), int(hi), str(key)))
     return out
 
@@ -337,10 +337,8 @@ def _optimizer_spans(s: Series) -> dict[int, list[tuple[int, int, str]]]:
 def _span_of(spans: list[tuple[int, int, str]], order: int) -> tuple[str | None, bool]:
     """The optimizer whose step a loss at ``order`` leads to, and whether it is inside it."""
     for lo, hi, key in spans:
-        if order < lo:
-            return key, False
-        if order <= hi:
-            return key, True
+        if order <= hi:  # before the step (order < lo), or inside it
+            return key, lo <= order
     return None, False
 
 
@@ -361,8 +359,7 @@ def _shared_module(names: list[str]) -> str:
     paths = [layer_of(n).split(".") for n in names if layer_of(n)]
     if not paths or len(paths) < len(names):
         return ""
-    common = [parts[0] for parts in itertools.takewhile(lambda parts: len(set(parts)) == 1, zip(*paths))]
-    return ".".join(common)
+    return ".".join(parts[0] for parts in itertools.takewhile(lambda parts: len(set(parts)) == 1, zip(*paths)))
 
 
 def layer_of(name: str) -> str:

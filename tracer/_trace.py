@@ -275,8 +275,15 @@ class Trace:
 
     @property
     def steps(self) -> list[int]:
-        """The steps that have rows, ascending."""
-        return sorted({int(s) for s in self.stats["step"]})
+        """The steps that have rows, ascending (from :attr:`stats` when they were read, else
+        from the step column alone)."""
+        import numpy as np
+
+        column = self.stats["step"] if self._stats is not None else self.memo("step-column", self._step_column)
+        return np.unique(np.asarray(column, dtype=np.int64)).tolist()
+
+    def _step_column(self) -> Any:
+        return self.rows(columns=("step",))["step"]
 
 
 # --------------------------------------------------------------------------- filters

@@ -88,7 +88,8 @@ def _vanishing_within(trace: Trace, t: Thresholds, optimizer: str, layers: pd.Da
     largest = table.max(axis=1)
     # once every gradient has collapsed (a model that converged, or stopped learning),
     # the ratios between layers are rounding noise: judge only the steps before that
-    alive = [s for s in active_steps(trace, t, optimizer) if s in largest.index and largest[s] > 0]
+    active = active_steps(trace, t, optimizer)
+    alive = [s for s, top in zip(active, largest.reindex(active).tolist()) if top > 0]  # NaN: not in the table
     if not alive:
         return []
     ratios = table.loc[alive].div(largest[alive], axis=0)
