@@ -14,6 +14,7 @@ from torch import nn
 
 import tracer
 from tracer import _staged_steps, _staging
+from tracer._hparams import DeferredHparams, as_text, hparams_json
 from tracer._staging import Batch, Staging, _segment_stats
 from tracer._stats import _numpy_stats
 
@@ -164,11 +165,22 @@ def test_a_batch_that_cannot_be_made_is_skipped_with_a_warning(tmp_path, monkeyp
     assert run.path.is_dir()
 
 
+def test_deferred_hyper_parameters_read_as_the_same_text():
+    lr = torch.tensor(0.5)
+    group = {"params": [], "lr": lr, "betas": (torch.tensor(0.9), 0.999), "foreach": None}
+    deferred = DeferredHparams(group)
+    lr.fill_(0.25)  # (on CUDA the copy is taken when the hparams are recorded; on CPU it is the tensor)
+    assert str(deferred) == hparams_json({**group, "lr": torch.tensor(0.25)})
+    assert as_text(deferred) == str(deferred) and as_text("{}") == "{}" and as_text(None) is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_a_traced_cuda_step_makes_no_host_sync(tmp_path):
+@pytest.mark.parametrize("lr", [1e-3, "tensor"])
+def test_a_traced_cuda_step_makes_no_host_sync(tmp_path, lr):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 8)).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3, device="cuda"))
+    rate = torch.tensor(1e-3, device="cuda") if lr == "tensor" else lr
+    opt = torch.optim.AdamW(model.parameters(), lr=rate, capturable=lr == "tensor")
     x, y = torch.randn(32, 64, device="cuda"), torch.randn(32, 8, device="cuda")
 
     def step():
@@ -177,6 +189,13 @@ def test_a_traced_cuda_step_makes_no_host_sync(tmp_path):
         opt.step()
 
     step()  # optimizer state made before the check
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()  # the untraced step: torch itself must not sync, or there is nothing to check
+    except RuntimeError as exc:
+        pytest.skip(f"the untraced step syncs already: {exc}")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     with tracer.trace(model, opt, path=tmp_path / "t") as run:
         step()
         torch.cuda.set_sync_debug_mode("error")
@@ -189,3 +208,4 @@ def test_a_traced_cuda_step_makes_no_host_sync(tmp_path):
             torch.cuda.set_sync_debug_mode("default")
     df = tracer.load(run.path)
     assert {0, 1, 2} == set(df.step) and {"grad", "param", "update", "state", "activation"} <= set(df.kind)
+    assert df[df.kind == "grad"]["norm"].notna().all()

@@ -6,6 +6,7 @@ A part of :class:`tracer._hooks.Recorder` (its base class), like ``OptimizerStep
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,7 @@ class GradHooks:
             hook = _eager(self._leaf_grad_hook(info.name, part, info.module_type))
             self._leaf_hooks[key] = (weakref.ref(t), t.register_hook(hook))
             return
-        hook = _eager(self._activation_grad_hook(info.name, call, part, info.module_type, self.step))
+        hook = _ActivationGrad.eager(self._activation_grad_hook(info.name, call, part, info.module_type, self.step))
         self.tensor_handles.append(t.register_hook(hook))
         if len(self.tensor_handles) >= self._prune_at:
             # a long stretch without a step (evaluation with gradients on): keep only the
@@ -59,7 +60,7 @@ class GradHooks:
     def _activation_grad_hook(
         self, name: str, call: int, part: str, module_type: str, step: int
     ) -> Callable[[torch.Tensor], None]:
-        return _ActivationGrad(self, name, call, part, module_type, step)
+        return _ActivationGrad(self, name, call, part, module_type, step)  # (_eager: as it is, see there)
 
     def prune_handles(self) -> None:
         """Forget the handles of tensors that died (called as a step ends: most activations
@@ -93,9 +94,22 @@ class _ActivationGrad:
         self.module_type = module_type
         self.step = step
 
-    def __call__(self, grad: torch.Tensor) -> None:
+    @classmethod
+    def eager(cls, hook: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+        """``hook`` to run eagerly under ``torch.compile``: once dynamo is loaded, the class's
+        ``__call__`` is wrapped once (``_eager`` would wrap every hook)."""
+        if "torch._dynamo" in sys.modules and not cls._disabled:
+            cls.__call__ = torch.compiler.disable(cls._record)  # type: ignore[method-assign]
+            cls._disabled = True
+        return hook if isinstance(hook, cls) else _eager(hook)
+
+    _disabled = False
+
+    def _record(self, grad: torch.Tensor) -> None:
         r = self.recorder
         if r.stopped or r.paused or not r.in_backward_pass:
             return  # torch.autograd.grad (a gradient penalty) is not the loss's backward
         with torch.no_grad():
             r.emit("activation_grad", self.name, self.call, self.part, self.module_type, grad, step=self.step)
+
+    __call__ = _record

@@ -107,6 +107,8 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self._ignored: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
         self._captured: dict[int, tuple[Any, int, Any]] = {}  # id -> (weakref, version, capture)
+        self._staged: dict[int, tuple[int, ...]] = {}  # the same for staged copies (tracer._staged_steps)
+        self._staged_tensors: dict[int, torch.Tensor] = {}
         self._warned: set[tuple[str, str]] = set()
         self.step_closed = False  # a step just ended and nothing of the next has run (run.log)
         self._metric_calls: dict[str, tuple[int, int]] = {}
@@ -189,7 +191,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
             return capture(tensor, self.max_values, self.pool)
         key = id(tensor)
         hit = self._captured.get(key)
-        if hit is not None and hit[0]() is tensor and hit[1] == version and isinstance(hit[2], Captured):
+        if hit is not None and hit[0]() is tensor and hit[1] == version:
             return hit[2]
         cap = capture(tensor, self.max_values, self.pool)
         try:
@@ -208,6 +210,8 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self.prune_handles()
         self.step_closed = True
         self._captured.clear()
+        self._staged.clear()
+        self._staged_tensors.clear()
         self.step += 1
         self._calls.clear()
         self._backward_calls = 0
@@ -321,6 +325,8 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
     def _root_forward(self) -> None:
         """The model's forward starts: the capture cache serves one forward at a time."""
         self._captured.clear()
+        self._staged.clear()
+        self._staged_tensors.clear()
         if self._inflight:
             self._recover_failed_steps()
         if self.optimizers:

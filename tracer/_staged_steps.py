@@ -14,7 +14,6 @@ A part of :class:`tracer._hooks.Recorder` (its base class), like ``OptimizerStep
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,8 @@ class StagedSteps:
     grad_rows: int
     params: dict[torch.Tensor, ParamInfo]
     _seq: Any
-    _captured: dict[int, tuple[Any, int, Any]]
+    _staged: dict[int, tuple[int, ...]]  # id -> (version, generation, group, slot)
+    _staged_tensors: dict[int, torch.Tensor]  # id -> the tensor (identity: an id is reused)
     emit: Callable[..., None]
     stepped_params: Callable[..., Iterator[tuple[int, Any, torch.Tensor, ParamInfo]]]
 
@@ -83,14 +83,15 @@ class StagedSteps:
         if version is None:
             return self.staging.copy(t)
         key = id(t)
-        hit = self._captured.get(key)
+        hit = self._staged.get(key)
         generation = self.staging.generation
-        if hit is not None and hit[0]() is t and hit[1] == version and type(hit[2]) is tuple:
-            held = hit[2]
-            if held[0] == generation:
-                return held[1], held[2]
+        # the tensor in a dict of its own, the rest in a tuple of ints: a tuple holding the
+        # tensor (or a weak reference) would be one more object for the garbage collector
+        if hit is not None and self._staged_tensors.get(key) is t and hit[0] == version and hit[1] == generation:
+            return hit[2], hit[3]
         where = self.staging.copy(t)
-        self._captured[key] = (weakref.ref(t), version, (generation, *where))
+        self._staged[key] = (version, generation, *where)
+        self._staged_tensors[key] = t
         return where
 
     def stage_step(self, opt: torch.optim.Optimizer, step: int | None) -> tuple[list[StagedUpdates], list[Any]]:
@@ -104,7 +105,10 @@ class StagedSteps:
         at = self.step if step is None else step
         seq, small = self._seq, self.max_values
         pending: dict[tuple[Any, ...], list[torch.Tensor]] = {}
-        rows: list[tuple[tuple[Any, ...], tuple[Any, ...], int]] = []
+        index: dict[tuple[Any, ...], int] = {}  # a key's number: rows hold ints, not the key
+        # (a tuple holding a dtype or device stays tracked by the garbage collector; one of
+        # plain values is untracked at its first collection, and never promoted)
+        rows: list[tuple[Any, ...]] = []  # FIELDS, with the key's number as the group until the copies are made
         updates: dict[tuple[Any, ...], StagedUpdates] = {}
         alone: list[Any] = []
         modes_off = plain_mode()
@@ -113,7 +117,8 @@ class StagedSteps:
             tensors = pending.get(key)
             if tensors is None:
                 tensors = pending[key] = []
-            rows.append((fields, key, len(tensors)))
+                index[key] = len(index)
+            rows.append((*fields, index[key], len(tensors)))
             tensors.append(t)
 
         for gi, hp, p, info in self.stepped_params(opt):
@@ -138,7 +143,10 @@ class StagedSteps:
                         p,
                     )
                 else:
-                    pending.setdefault(key, []).append(p)
+                    if key not in pending:
+                        pending[key] = []
+                        index[key] = len(index)
+                    pending[key].append(p)
                 if want_update:
                     staged = updates.get(key)
                     if staged is None:
@@ -155,15 +163,15 @@ class StagedSteps:
                                  small is None or n <= small, None, cls, gi, hp), ("state", t.dtype, t.device), t)  # fmt: skip
                         else:
                             self.emit("state", name, 0, part, mt, t, optimizer=cls, group=gi, hparams=hp, step=step)
-        groups = {}
+        groups = [0] * len(index)
         for key, tensors in pending.items():
             gid, flat = staging.flat(tensors)
-            groups[key] = gid
+            groups[index[key]] = gid
             staged = updates.get(key)
             if staged is not None:
                 staged.before = flat  # the parameters' copy is the snapshot their update starts from
         if rows:
-            staging.extend([(*fields, groups[key], slot) for fields, key, slot in rows])
+            staging.extend([(*row[:-2], groups[row[-2]], row[-1]) for row in rows])
         return list(updates.values()), alone
 
     def stage_updates(self, opt: torch.optim.Optimizer, staged: list[StagedUpdates], step: int | None) -> None:

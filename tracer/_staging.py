@@ -6,7 +6,7 @@ more than the training itself, and every torch op of theirs gives the GIL to the
 thread, which spends it on per-row NumPy statistics. :class:`Staging` instead keeps a row's
 columns as one tuple and its values as a slot of a flat buffer: the optimizer's gradients,
 parameters and state of one dtype are copied by one concatenation, a module's small output
-by one ``clone``; statistics of large accelerator tensors stay on the device. When the step
+by one copy into a buffer of its dtype; statistics of large accelerator tensors stay on the device. When the step
 ends (or the oldest staged row is ``flush_seconds / 4`` old) the open buffers are
 concatenated per dtype, an accelerator's copied to host memory with one non-blocking copy,
 and the whole :class:`Batch` goes to the writer, which computes every row's statistics with
@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +38,9 @@ from tracer._tensors import _ROW_OVERHEAD, Captured, dtype_name, host_copy
 
 SMALL = 4096
 """Tensors of at most this many elements are staged (copied); larger ones are captured alone."""
+
+CHUNK = 1 << 16
+"""Elements of a buffer that :meth:`Staging.copy` fills (one per dtype and device at a time)."""
 
 FLOATS: dict[torch.dtype, str] = {
     d: dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -84,8 +88,8 @@ class Staging:
     """The rows of small tensors recorded since the last :meth:`seal` (training thread).
 
     A *group* is one flat buffer of one dtype whose *slots* are consecutive tensors: either
-    made at once from a list (:meth:`flat`, the optimizer's tensors) or open, gathering the
-    clones of :meth:`copy` until the batch is sealed. A row points at ``(group, slot)``.
+    made at once from a list (:meth:`flat`, the optimizer's tensors) or filled by the copies
+    of :meth:`copy` until it is full or the batch is sealed. A row points at ``(group, slot)``.
     """
 
     def __init__(
@@ -106,28 +110,34 @@ class Staging:
 
     def _reset(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
-        self._groups: list[torch.Tensor | list[torch.Tensor]] = []  # flat, or the clones of an open group
+        self._groups: list[torch.Tensor] = []  # flat buffers (an open one: its filled part)
         self._numels: list[list[int]] = []
-        self._open: dict[torch.dtype, int] = {}  # dtype (and device) -> its open group
+        self._open: dict[Any, list[Any]] = {}  # (dtype, device) -> [group, buffer, elements used]
         self._bytes = 0
         self._since = 0.0
 
     def copy(self, t: torch.Tensor) -> tuple[int, int]:
-        """Copy a :func:`stageable` ``t`` now (it may change in place later): its ``(group, slot)``."""
-        clone = (t.detach() if t.requires_grad else t).clone()  # one op, on t's device; no host sync
+        """Copy a :func:`stageable` ``t`` now (it may change in place later) into the open
+        buffer of its dtype: its ``(group, slot)``. Into a buffer, not a clone each: a clone
+        would live until the step ends, and many such objects make the garbage collector's
+        full collections frequent."""
+        src = (t.detach() if t.requires_grad else t).reshape(-1)
+        n = src.numel()
         with self._lock:
             key = (t.dtype, t.device)
-            gid = self._open.get(key)  # type: ignore[call-overload]
-            if gid is None:
-                gid = self._open[key] = len(self._groups)  # type: ignore[index]
-                self._groups.append([])
+            held = self._open.get(key)
+            if held is None or held[2] + n > held[1].numel():
+                chunk = torch.empty(max(CHUNK, n), dtype=t.dtype, device=t.device)
+                held = self._open[key] = [len(self._groups), chunk, 0]
+                self._groups.append(chunk)
                 self._numels.append([])
-            clones = self._groups[gid]
-            assert isinstance(clones, list)
-            clones.append(clone)
+            gid, chunk, used = held
+            chunk.narrow(0, used, n).copy_(src)  # on t's device; no host sync
+            held[2] = used + n
+            self._groups[gid] = chunk.narrow(0, 0, used + n)  # (a view: kept until the seal)
             numels = self._numels[gid]
-            numels.append(clone.numel())
-            self._bytes += clone.nbytes
+            numels.append(n)
+            self._bytes += src.nbytes
             return gid, len(numels) - 1
 
     def flat(self, tensors: Sequence[torch.Tensor]) -> tuple[int, torch.Tensor]:
@@ -181,7 +191,7 @@ class Staging:
             self._reset()
             self.generation += 1
         try:
-            flats = [g if isinstance(g, torch.Tensor) else self.flatten(g) for g in groups]
+            flats = groups
             flats, event = _to_host(flats)
             batch = Batch(rows, flats, numels, event, since)
         except Exception as exc:  # never into the user's code
@@ -246,7 +256,9 @@ class Batch:
         parts = [_segment_stats(a, n) for a, n in zip(arrays, numels)]
         base = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([len(p) for p in parts], out=base[1:])
-        cols = dict(zip(FIELDS, (list(c) for c in zip(*self.rows))))
+        # a column at a time: zip(*rows) would make an iterator object per row, each more
+        # work for the garbage collector (they outlive a collection or two)
+        cols = {name: list(map(itemgetter(i), self.rows)) for i, name in enumerate(FIELDS)}
         slot = base[np.asarray(cols.pop("group"), dtype=np.int64)] + np.asarray(cols.pop("slot"), dtype=np.int64)
         per_row = np.concatenate(parts)[slot]
         numel = np.asarray(cols["numel"], dtype=np.int64)
