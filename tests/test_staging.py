@@ -131,6 +131,23 @@ def test_rows_go_to_the_writer_when_the_oldest_is_a_quarter_of_flush_seconds_old
     assert cols["mean"] == [2.0] and cols["std"] == [0.0]
 
 
+def test_copies_fill_buffers_and_go_on_in_a_new_one_when_full(monkeypatch):
+    monkeypatch.setattr(_staging, "CHUNK", 8)
+    sink = _Sink()
+    staging = Staging(sink, flush_seconds=3600)
+    tensors = [torch.full((3,), float(i)) for i in range(5)] + [torch.arange(10.0)]  # the last: > CHUNK
+    for i, t in enumerate(tensors):
+        gid, slot = staging.copy(t)
+        staging.row((0, i, "activation", "m", i, "", "Linear", (t.numel(),), "float32", t.numel(), True, True, None,
+                     None, None, gid, slot))  # fmt: skip
+    staging.seal()
+    (batch,) = sink.batches
+    assert [6, 6, 3, 10] == [f.numel() for f in batch.flats]  # 2 + 2 + 1 copies of 3, then the large one alone
+    cols, packed = batch.encode()
+    assert packed.flat.tolist() == torch.cat(tensors).tolist()
+    assert cols["mean"] == [0.0, 1.0, 2.0, 3.0, 4.0, 4.5]
+
+
 def test_a_copy_is_not_reused_across_batches(tmp_path):
     # flush_seconds tiny: every row seals its own batch, so the cached copy of an output (the
     # next module's input) belongs to an earlier batch and must be copied again

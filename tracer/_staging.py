@@ -110,7 +110,7 @@ class Staging:
 
     def _reset(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
-        self._groups: list[torch.Tensor] = []  # flat buffers (an open one: its filled part)
+        self._groups: list[torch.Tensor] = []  # flat buffers (an open one: the whole, filled or not)
         self._numels: list[list[int]] = []
         self._open: dict[Any, list[Any]] = {}  # (dtype, device) -> [group, buffer, elements used]
         self._bytes = 0
@@ -127,6 +127,8 @@ class Staging:
             key = (t.dtype, t.device)
             held = self._open.get(key)
             if held is None or held[2] + n > held[1].numel():
+                if held is not None:  # full: its group is its filled part
+                    self._groups[held[0]] = held[1].narrow(0, 0, held[2])
                 chunk = torch.empty(max(CHUNK, n), dtype=t.dtype, device=t.device)
                 held = self._open[key] = [len(self._groups), chunk, 0]
                 self._groups.append(chunk)
@@ -134,7 +136,6 @@ class Staging:
             gid, chunk, used = held
             chunk.narrow(0, used, n).copy_(src)  # on t's device; no host sync
             held[2] = used + n
-            self._groups[gid] = chunk.narrow(0, 0, used + n)  # (a view: kept until the seal)
             numels = self._numels[gid]
             numels.append(n)
             self._bytes += src.nbytes
@@ -188,9 +189,12 @@ class Staging:
             if not self.rows:
                 return
             rows, groups, numels, since = self.rows, self._groups, self._numels, self._since
+            opened = list(self._open.values())
             self._reset()
             self.generation += 1
         try:
+            for gid, chunk, used in opened:  # only their filled part
+                groups[gid] = chunk.narrow(0, 0, used)
             flats = groups
             flats, event = _to_host(flats)
             batch = Batch(rows, flats, numels, event, since)
