@@ -10,6 +10,8 @@ import textwrap
 import time
 
 import pytest
+import torch
+from torch import nn
 
 import tracer
 
@@ -108,3 +110,16 @@ def test_recording_goes_on_when_the_replaced_handler_returns(tmp_path):
     meta = json.loads((tmp_path / "t" / "_tracer.json").read_text())
     assert meta["complete"] and steps == meta["steps"]
     assert set(range(steps)) == set(tracer.load(tmp_path / "t", kind="update").step)  # none lost after it
+
+
+def test_the_rows_of_the_step_in_progress_are_written_on_sigterm(tmp_path):
+    # what the SIGTERM handler does, called in the middle of a step: the forward's rows,
+    # staged until the step ends, are in a finished file at once
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with tracer.trace(model, opt, path=tmp_path / "t", flush_seconds=60) as run:
+        model(torch.ones(1, 2)).sum().backward()  # no optimizer.step(): the step is open
+        run._finalize_on_signal()
+        kinds = set(tracer.load(tmp_path / "t").kind)  # files only: no flush of the run here
+        opt.step()
+    assert {"input", "activation", "loss", "activation_grad"} <= kinds

@@ -321,6 +321,10 @@ class Run(RunControls):
         recorder, writer = self._recorder, self._writer
         if self._state != "running" or recorder is None or writer is None:
             return
+        try:
+            recorder.staging.seal()  # the rows of the step in progress, staged so far
+        except Exception:  # (the signal may have come inside tracer's own staging: those rows are lost)
+            pass
         writer.flush()
         if self._writes_meta and writer.error is None:
             write_json_atomic(self.path / META_FILE, self._meta(complete=True, recorder=recorder))
