@@ -108,15 +108,7 @@ class Tolerance:
         predicted = np.concatenate([c.predicted for c in checks if c.predicted is not None])
         old = np.concatenate([c.param.reshape(-1) for c in checks if c.param is not None])
         observed = old + np.concatenate([c.update.reshape(-1) for c in checks if c.update is not None])
-        with np.errstate(invalid="ignore", over="ignore"):  # inf − inf
-            error = np.abs(predicted - observed)
-            bad = ~(
-                error <= atol + rtol * np.maximum(np.abs(old), np.abs(predicted)) + step_rtol * np.abs(predicted - old)
-            )
-        if bad.any():  # equal values (infinities) and NaN against NaN match all the same
-            same = (predicted == observed) | (np.isnan(predicted) & np.isnan(observed))
-            error[same] = 0.0
-            bad &= ~same
+        error, bad = _outside(old, observed, predicted, rtol, atol, step_rtol)
         filled = sizes > 0
         worst, counts = np.zeros(len(sizes)), np.zeros(len(sizes), dtype=np.int64)
         if filled.any():
@@ -142,16 +134,7 @@ class Tolerance:
         rows = max(1, _CHUNK // max(size, 1))
         for at in range(0, n if size else 0, rows):
             pred, before = predicted[at : at + rows], old[at : at + rows]
-            observed = before + update[at : at + rows]
-            with np.errstate(invalid="ignore", over="ignore"):  # inf − inf
-                error = np.abs(pred - observed)
-                bad = ~(
-                    error <= atol + rtol * np.maximum(np.abs(before), np.abs(pred)) + step_rtol * np.abs(pred - before)
-                )
-            if bad.any():  # equal values (infinities) and NaN against NaN match all the same
-                same = (pred == observed) | (np.isnan(pred) & np.isnan(observed))
-                error[same] = 0.0
-                bad &= ~same
+            error, bad = _outside(before, before + update[at : at + rows], pred, rtol, atol, step_rtol)
             worst[at : at + rows] = error.max(axis=1)
             counts[at : at + rows] = bad.sum(axis=1)
             first[at : at + rows] = bad.argmax(axis=1)
@@ -164,3 +147,18 @@ _CHUNK = 1 << 15
 
 def _size(values: np.ndarray | None) -> int:
     return -1 if values is None else int(values.size)
+
+
+def _outside(
+    old: np.ndarray, observed: np.ndarray, predicted: np.ndarray, rtol: float, atol: float, step_rtol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """|predicted − observed| per element, and where it is outside the tolerance (equal
+    values, infinities included, and NaN against NaN are inside, with error 0)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf
+        error = np.abs(predicted - observed)
+        bad = ~(error <= atol + rtol * np.maximum(np.abs(old), np.abs(predicted)) + step_rtol * np.abs(predicted - old))
+    if bad.any():
+        same = (predicted == observed) | (np.isnan(predicted) & np.isnan(observed))
+        error[same] = 0.0
+        bad &= ~same
+    return error, bad

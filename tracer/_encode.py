@@ -110,9 +110,7 @@ class ValuesBuffer:
     def list_array(self, values: Sequence[Values]) -> pa.Array:
         """``values`` (each under :data:`MAX_LIST_VALUES`, a row group's; a :class:`Packed`
         entry holds many rows') as a ``list<float64>`` array."""
-        lengths = np.concatenate(
-            [v.lengths if isinstance(v, Packed) else np.array([0 if v is None else _size(v)]) for v in values]
-        ) if values else np.zeros(0, dtype=np.int64)  # fmt: skip
+        lengths, missing = _lengths(values)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
@@ -120,27 +118,51 @@ class ValuesBuffer:
             self._flat = np.empty(max(total, self._flat.size * 5 // 4), dtype=np.float64)
         flat = self._flat[:total]
         target = torch.from_numpy(flat)
-        start, missing = 0, []
+        start = 0
         for v in values:
             if isinstance(v, Packed):
                 stop = start + v.flat.size
                 flat[start:stop] = v.flat
-                missing.append(v.missing)
             else:
                 stop = start + (0 if v is None else _size(v))
                 if isinstance(v, torch.Tensor):
                     target[start:stop].copy_(v)  # exact: every float16/bfloat16/float32 is a float64
                 elif v is not None:
                     flat[start:stop] = v
-                missing.append(np.array([v is None]))
             start = stop
-        mask = pa.array(np.concatenate(missing) if missing else np.zeros(0, dtype=bool), type=pa.bool_())
+        mask = pa.array(missing, type=pa.bool_())
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(flat), mask=mask)
 
     def shrink(self, max_bytes: int) -> None:
         """Let go of the memory if one huge tensor made it larger than ``max_bytes``."""
         if self._flat.nbytes > max_bytes:
             self._flat = np.empty(0, dtype=np.float64)
+
+
+def _lengths(values: Sequence[Values]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's number of values and whether it has none (null), the rows of a
+    :class:`Packed` entry included; the rows one by one only where they are single rows."""
+    lengths: list[np.ndarray] = []
+    missing: list[np.ndarray] = []
+    run: list[int] = []  # consecutive single rows: their lengths, -1 for None
+
+    def close_run() -> None:
+        sizes = np.array(run, dtype=np.int64)
+        lengths.append(np.maximum(sizes, 0))
+        missing.append(sizes < 0)
+        run.clear()
+
+    for v in values:
+        if isinstance(v, Packed):
+            if run:
+                close_run()
+            lengths.append(v.lengths)
+            missing.append(v.missing)
+        else:
+            run.append(-1 if v is None else _size(v))
+    if run or not lengths:
+        close_run()
+    return np.concatenate(lengths), np.concatenate(missing)
 
 
 def _size(v: np.ndarray | torch.Tensor) -> int:

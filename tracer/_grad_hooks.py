@@ -49,23 +49,17 @@ class GradHooks:
             hook = _eager(self._leaf_grad_hook(info.name, part, info.module_type))
             self._leaf_hooks[key] = (weakref.ref(t), t.register_hook(hook))
             return
-        hook = _ActivationGrad.eager(self._activation_grad_hook(info.name, call, part, info.module_type, self.step))
+        _ActivationGrad.run_eagerly()
+        hook = _ActivationGrad(self, info.name, call, part, info.module_type, self.step)
         self.tensor_handles.append(t.register_hook(hook))
         if len(self.tensor_handles) >= self._prune_at:
-            # a long stretch without a step (evaluation with gradients on): keep only the
-            # handles whose tensors are alive, so memory stays bounded
-            self.tensor_handles = [h for h in self.tensor_handles if _alive(h)]
-            self._prune_at = len(self.tensor_handles) + _PRUNE_HANDLES
-
-    def _activation_grad_hook(
-        self, name: str, call: int, part: str, module_type: str, step: int
-    ) -> Callable[[torch.Tensor], None]:
-        return _ActivationGrad(self, name, call, part, module_type, step)  # (_eager: as it is, see there)
+            # a long stretch without a step (evaluation with gradients on): memory stays bounded
+            self.prune_handles()
 
     def prune_handles(self) -> None:
-        """Forget the handles of tensors that died (called as a step ends: most activations
-        are gone by then), so that few of them live long enough to burden the garbage
-        collector."""
+        """Forget the handles of tensors that died (called as a step ends, when most
+        activations are gone, so that few handles live long enough to burden the garbage
+        collector; and when many have gathered without a step)."""
         if self.tensor_handles:
             self.tensor_handles = [h for h in self.tensor_handles if _alive(h)]
             self._prune_at = len(self.tensor_handles) + _PRUNE_HANDLES
@@ -95,13 +89,12 @@ class _ActivationGrad:
         self.step = step
 
     @classmethod
-    def eager(cls, hook: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
-        """``hook`` to run eagerly under ``torch.compile``: once dynamo is loaded, the class's
-        ``__call__`` is wrapped once (``_eager`` would wrap every hook)."""
+    def run_eagerly(cls) -> None:
+        """Under ``torch.compile`` the hooks run eagerly (see ``tracer._dispatch._eager``):
+        once dynamo is loaded, the class's ``__call__`` is wrapped, once for every hook."""
         if "torch._dynamo" in sys.modules and not cls._disabled:
             cls.__call__ = torch.compiler.disable(cls._record)  # type: ignore[method-assign]
             cls._disabled = True
-        return hook if isinstance(hook, cls) else _eager(hook)
 
     _disabled = False
 

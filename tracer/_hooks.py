@@ -200,6 +200,12 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
             pass
         return cap
 
+    def _forget_copies(self) -> None:
+        """Empty the caches of captured and staged tensors (they serve one forward, one step)."""
+        self._captured.clear()
+        self._staged.clear()
+        self._staged_tensors.clear()
+
     def advance(self) -> None:
         """Close the current step."""
         self._finish_plain_step()
@@ -209,9 +215,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self.staging.seal()  # the step's small tensors, to the writer
         self.prune_handles()
         self.step_closed = True
-        self._captured.clear()
-        self._staged.clear()
-        self._staged_tensors.clear()
+        self._forget_copies()
         self.step += 1
         self._calls.clear()
         self._backward_calls = 0
@@ -324,9 +328,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
 
     def _root_forward(self) -> None:
         """The model's forward starts: the capture cache serves one forward at a time."""
-        self._captured.clear()
-        self._staged.clear()
-        self._staged_tensors.clear()
+        self._forget_copies()
         if self._inflight:
             self._recover_failed_steps()
         if self.optimizers:

@@ -113,12 +113,14 @@ class StagedSteps:
         alone: list[Any] = []
         modes_off = plain_mode()
 
-        def add(fields: tuple[Any, ...], key: tuple[Any, ...], t: torch.Tensor) -> None:
+        def add(fields: tuple[Any, ...] | None, key: tuple[Any, ...], t: torch.Tensor) -> None:
+            """Copy ``t`` with the others of ``key``; its row, unless ``fields`` is None."""
             tensors = pending.get(key)
             if tensors is None:
                 tensors = pending[key] = []
                 index[key] = len(index)
-            rows.append((*fields, index[key], len(tensors)))
+            if fields is not None:
+                rows.append((*fields, index[key], len(tensors)))
             tensors.append(t)
 
         for gi, hp, p, info in self.stepped_params(opt):
@@ -135,18 +137,9 @@ class StagedSteps:
                 add((at, next(seq), "grad", name, 0, "", mt, tuple(g.shape), FLOATS[g.dtype], g.numel(), keep,
                      None, cls, gi, hp), ("grad", g.dtype, g.device), g)  # fmt: skip
             if want_param or want_update:
-                key = ("param", p.dtype, p.device)
-                if want_param:
-                    add(
-                        (at, next(seq), "param", name, 0, "", mt, shape, dtype, numel, keep, None, cls, gi, hp),
-                        key,
-                        p,
-                    )
-                else:
-                    if key not in pending:
-                        pending[key] = []
-                        index[key] = len(index)
-                    pending[key].append(p)
+                key = ("param", p.dtype, p.device)  # (without param rows: the update's snapshot only)
+                add((at, next(seq), "param", name, 0, "", mt, shape, dtype, numel, keep, None, cls, gi, hp)
+                    if want_param else None, key, p)  # fmt: skip
                 if want_update:
                     staged = updates.get(key)
                     if staged is None:

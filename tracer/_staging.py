@@ -145,17 +145,17 @@ class Staging:
         """Copy ``tensors`` (one dtype and device) into one new flat buffer: its group (slot i
         is ``tensors[i]``) and the buffer."""
         flat = self.flatten(tensors)
-        if flat.requires_grad:  # (grad mode on: not from a hook, which works under no_grad)
-            flat = flat.detach()
         return self.adopt(flat, [t.numel() for t in tensors]), flat
 
     @staticmethod
     def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """``tensors`` (one dtype and device) concatenated, flat, in one new buffer (a copy,
-        also of a single tensor, which torch's flatten would return as a view)."""
-        if len(tensors) == 1:
-            return tensors[0].detach().reshape(-1).clone()
-        return _flatten(list(tensors))
+        also of a single tensor, which torch's flatten would return as a view), outside
+        autograd."""
+        with torch.no_grad():
+            if len(tensors) == 1:
+                return tensors[0].reshape(-1).clone()
+            return _flatten(list(tensors))
 
     def adopt(self, flat: torch.Tensor, numels: list[int]) -> int:
         """A flat buffer tracer made and nothing else writes to (the updates): its group."""
@@ -171,8 +171,7 @@ class Staging:
             if not self.rows:
                 self._since = time.monotonic()
             self.rows.append(fields)
-            if self._bytes >= self.max_bytes or time.monotonic() - self._since >= self.max_age:
-                self.seal()
+            self._seal_if_due()
 
     def extend(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage many rows (see :meth:`row`)."""
@@ -180,8 +179,11 @@ class Staging:
             if rows and not self.rows:
                 self._since = time.monotonic()
             self.rows.extend(rows)
-            if self._bytes >= self.max_bytes or time.monotonic() - self._since >= self.max_age:
-                self.seal()
+            self._seal_if_due()
+
+    def _seal_if_due(self) -> None:
+        if self._bytes >= self.max_bytes or time.monotonic() - self._since >= self.max_age:
+            self.seal()
 
     def seal(self) -> None:
         """Hand every staged row to the sink as one :class:`Batch` (nothing when none is staged)."""
@@ -272,7 +274,7 @@ class Batch:
             cols[name] = [None if e else v for v, e in zip(column, empty.tolist())] if empty.any() else column
         cols["norm"] = per_row[:, 4].tolist()
         cols["nonfinite"] = per_row[:, 5].astype(np.int64).tolist()
-        cols["hparams"] = [h if h is None or type(h) is str else as_text(h) for h in cols["hparams"]]
+        cols["hparams"] = list(map(as_text, cols["hparams"]))
         for name in ("rule_error", "rule_matches", "global_shape", "shard_offset", "placements"):
             cols[name] = [None] * len(self.rows)
         kept = np.asarray(cols.pop("keep"), dtype=bool) & (numel < max_values)
