@@ -73,7 +73,7 @@ def test_a_capture_that_fails_skips_the_row_with_one_warning(tmp_path, monkeypat
             raise RuntimeError("this tensor cannot be read")
         return real(tensor, *args, **kwargs)
 
-    real_copy = Staging.copy
+    real_copy = Staging._copy
 
     def flaky_copy(self, tensor):  # the staged path of small tensors fails the same way
         if tensor.shape == (1, 1):
@@ -81,7 +81,7 @@ def test_a_capture_that_fails_skips_the_row_with_one_warning(tmp_path, monkeypat
         return real_copy(self, tensor)
 
     monkeypatch.setattr(_hooks, "capture", flaky)
-    monkeypatch.setattr(Staging, "copy", flaky_copy)
+    monkeypatch.setattr(Staging, "_copy", flaky_copy)
     model, x, y, loss_fn, opt = make_reference()
     ref_model, *_, ref_opt = make_reference()
     with warnings.catch_warnings(record=True) as seen:

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from _reference import make_reference, train_reference
 
+from tracer._batch import Batch
 from tracer._hooks import Recorder
 from tracer._schema import Row
 from tracer._selection import module_infos, param_infos
-from tracer._staging import Batch
 from tracer._tensors import finish
 
 

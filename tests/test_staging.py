@@ -14,8 +14,9 @@ from torch import nn
 
 import tracer
 from tracer import _staged_steps, _staging
+from tracer._batch import Batch, _segment_stats
 from tracer._hparams import DeferredHparams, as_text, hparams_json
-from tracer._staging import Batch, Staging, _segment_stats
+from tracer._staging import Staging
 from tracer._stats import _numpy_stats
 
 KEY = ["step", "kind", "name", "call", "part"]
@@ -76,7 +77,8 @@ def _trace(path: Path, *, staged: bool, monkeypatch, **options) -> pd.DataFrame:
     x, y = torch.randn(3, 4), torch.randn(3, 1, dtype=torch.float64)
     with monkeypatch.context() as m:
         if not staged:
-            m.setattr(_staged_steps, "stageable", lambda t: False)
+            m.setattr(_staged_steps, "FLOATS", {})  # modules' small tensors
+            m.setattr(_staged_steps, "small_float", lambda t: False)  # the optimizer's
         with tracer.trace(model, opt, path=path, **options) as run:
             for _ in range(3):
                 opt.zero_grad()
@@ -128,7 +130,7 @@ def test_rows_go_to_the_writer_when_the_oldest_is_a_quarter_of_flush_seconds_old
     assert [1, 1] == [len(b) for b in sink.batches]  # old at once: sealed by the row itself
     cols, packed = sink.batches[1].encode()
     assert [2.0, 2.0, 2.0] == packed.flat.tolist() and [3] == packed.lengths.tolist() and not packed.missing.any()
-    assert cols["mean"] == [2.0] and cols["std"] == [0.0]
+    assert cols["mean"].to_pylist() == [2.0] and cols["std"].to_pylist() == [0.0]
 
 
 def test_copies_fill_buffers_and_go_on_in_a_new_one_when_full(monkeypatch):
@@ -145,7 +147,7 @@ def test_copies_fill_buffers_and_go_on_in_a_new_one_when_full(monkeypatch):
     assert [6, 6, 3, 10] == [f.numel() for f in batch.flats]  # 2 + 2 + 1 copies of 3, then the large one alone
     cols, packed = batch.encode()
     assert packed.flat.tolist() == torch.cat(tensors).tolist()
-    assert cols["mean"] == [0.0, 1.0, 2.0, 3.0, 4.0, 4.5]
+    assert cols["mean"].to_pylist() == [0.0, 1.0, 2.0, 3.0, 4.0, 4.5]
 
 
 def test_a_copy_is_not_reused_across_batches(tmp_path):

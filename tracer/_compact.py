@@ -239,7 +239,8 @@ class Compactor:
     def _write(self, sources: list[str], tmp: Path) -> int:
         """The sources' rows in one file, sorted by kind then name then training order, in
         row groups that never span two kinds (so filters on kind and name skip groups)."""
-        tables = [pq.read_table(self.directory / name, schema=SCHEMA) for name in sources]
+        # one thread: a background merge must not take the training's cores
+        tables = [pq.read_table(self.directory / name, schema=SCHEMA, use_threads=False) for name in sources]
         table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
         order = pc.index_in(table["kind"], value_set=pa.array(KINDS))
         keyed = table.append_column("_kind_order", order)

@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from tracer._batch import Batch, Packed
 from tracer._hparams import as_text
 from tracer._schema import COLUMNS, KINDS, SCHEMA, Row
-from tracer._staging import Batch, Packed
 from tracer._tensors import finish
 
 MAX_LIST_VALUES = 2**31 - 1
@@ -52,17 +52,26 @@ def row_groups(rows: Sequence[Row], values: Sequence[np.ndarray | torch.Tensor |
 
 def encode_rows(rows: Sequence[Row | Batch], rank: int) -> tuple[dict[str, pa.Array], list[Values]]:
     """Every column but ``values`` as Arrow arrays (in :data:`SCHEMA`), and each row's values
-    to store (see :func:`finish`), for :class:`ValuesBuffer`. A :class:`Batch` adds its rows,
-    encoded all at once."""
-    cols: dict[str, list[Any]] = {c: [] for c in COLUMNS if c != "values"}
+    to store (see :func:`finish`), for :class:`ValuesBuffer`. A :class:`Batch` adds its rows'
+    columns as arrays made all at once (:meth:`Batch.encode`)."""
+    names = [c for c in COLUMNS if c != "values"]
+    chunks: dict[str, list[pa.Array]] = {c: [] for c in names}
+    cols: dict[str, list[Any]] = {c: [] for c in names}  # the single rows since the last batch
     values: list[Values] = []
     stat_names = ("mean", "std", "min", "max", "norm", "nonfinite")
+
+    def close_run() -> None:
+        if cols["step"]:
+            for c in names:
+                chunks[c].append(pa.array(cols[c], type=SCHEMA.field(c).type))
+                cols[c] = []
+
     for row in rows:
         if isinstance(row, Batch):
-            batch_cols, packed = row.encode(MAX_LIST_VALUES)
+            close_run()
+            batch_cols, packed = row.encode(MAX_LIST_VALUES, rank)
             for key, column in batch_cols.items():
-                cols[key].extend(column)
-            cols["rank"].extend([rank] * len(row))
+                chunks[key].append(column)
             values.append(packed)  # many rows' values in one entry (a file with batches is one row group)
             continue
         cap = row.captured
@@ -92,7 +101,10 @@ def encode_rows(rows: Sequence[Row | Batch], rank: int) -> tuple[dict[str, pa.Ar
         if vals is not None and _size(vals) >= MAX_LIST_VALUES:
             vals = None  # a list<float64> cannot hold it: statistics only (README, Limits)
         values.append(vals)
-    return {c: pa.array(v, type=SCHEMA.field(c).type) for c, v in cols.items()}, values
+    close_run()
+    if not chunks["step"]:
+        return {c: pa.array([], type=SCHEMA.field(c).type) for c in names}, values
+    return {c: parts[0] if len(parts) == 1 else pa.concat_arrays(parts) for c, parts in chunks.items()}, values
 
 
 class ValuesBuffer:

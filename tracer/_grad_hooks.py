@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tracer._autograd import _alive
+from tracer._autograd import NoGrad, _alive
 from tracer._dispatch import _eager
 from tracer._selection import ModuleInfo
 
@@ -68,7 +68,7 @@ class GradHooks:
         def grad_hook(grad: torch.Tensor) -> None:
             if not self.traced or not self.in_backward_pass:
                 return
-            with torch.no_grad():
+            with NoGrad():
                 self.emit("activation_grad", name, max(self._backward_calls - 1, 0), part, module_type, grad)
 
         return grad_hook
@@ -102,7 +102,7 @@ class _ActivationGrad:
         r = self.recorder
         if r.stopped or r.paused or not r.in_backward_pass:
             return  # torch.autograd.grad (a gradient penalty) is not the loss's backward
-        with torch.no_grad():
+        with NoGrad():
             r.emit("activation_grad", self.name, self.call, self.part, self.module_type, grad, step=self.step)
 
     __call__ = _record

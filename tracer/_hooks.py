@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from tracer._autograd import _grad_fn_name, _in_backward
+from tracer._autograd import NoGrad, _grad_fn_name, _in_backward
 from tracer._buffers import BufferSteps
+from tracer._copy_pool import CopyPool
 from tracer._dispatch import _warn, activate, deactivate
 from tracer._errors import TraceWriteError
 from tracer._grad_hooks import _PRUNE_HANDLES, GradHooks
@@ -36,8 +37,8 @@ from tracer._selection import BufferInfo, ModuleInfo, ParamInfo
 from tracer._sharded import Sharding, shard_of, waited
 from tracer._staged_steps import StagedSteps
 from tracer._staging import Staging
-from tracer._tensors import Captured, CopyPool, capture
-from tracer._walk import walk
+from tracer._tensors import Captured, capture
+from tracer._walk import parts, walk
 
 _unseen = torch._C.DisableTorchFunction
 
@@ -107,8 +108,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self._ignored: weakref.WeakSet[torch.optim.Optimizer] = weakref.WeakSet()
         self._buffers: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> snapshot buffer
         self._captured: dict[int, tuple[Any, int, Any]] = {}  # id -> (weakref, version, capture)
-        self._staged: dict[int, tuple[int, ...]] = {}  # the same for staged copies (tracer._staged_steps)
-        self._staged_tensors: dict[int, torch.Tensor] = {}
+        self._plans: dict[torch.optim.Optimizer, Any] = {}  # each optimizer's StepPlan (tracer._step_plan)
         self._warned: set[tuple[str, str]] = set()
         self.step_closed = False  # a step just ended and nothing of the next has run (run.log)
         self._metric_calls: dict[str, tuple[int, int]] = {}
@@ -203,8 +203,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
     def _forget_copies(self) -> None:
         """Empty the caches of captured and staged tensors (they serve one forward, one step)."""
         self._captured.clear()
-        self._staged.clear()
-        self._staged_tensors.clear()
+        self.staging.forget()
 
     def advance(self) -> None:
         """Close the current step."""
@@ -311,17 +310,17 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self._calls[key] = call + 1
         info.stack.append(call)
         if "input" in self.kinds:
-            with torch.no_grad():
-                for part, t in itertools.chain(walk(args), walk(kwargs)):
+            with NoGrad():
+                for part, t in itertools.chain(parts(args), walk(kwargs)) if kwargs else parts(args):
                     self.emit("input", info.name, call, part, info.module_type, t, grad_enabled=grad_enabled)
 
     def _forward_post(self, info: ModuleInfo, call: int, output: Any) -> None:
         grad_enabled = torch.is_grad_enabled()
         want_outputs = "activation" in self.kinds
         want_grads = grad_enabled and "activation_grad" in self.kinds
-        for part, t in walk(output):
+        for part, t in parts(output):
             if want_outputs:
-                with torch.no_grad():
+                with NoGrad():
                     self.emit("activation", info.name, call, part, info.module_type, t, grad_enabled=grad_enabled)
             if want_grads and t.requires_grad:
                 self._watch_grad(t, info, call, part)
@@ -351,7 +350,7 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
         self._backward_calls += 1
         if not self.traced:
             return True
-        with torch.no_grad():
+        with NoGrad():
             if not self.optimizers and call == 0:
                 self._start_plain_step()
             if isinstance(tensors, torch.Tensor):

@@ -8,16 +8,15 @@ one noun, its jobs in two files.
 
 from __future__ import annotations
 
-import inspect
-import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tracer._errors import TraceWriteError
+from tracer._frames import _runs_closure_once_first, _stack_frames
 from tracer._hparams import hparams_text
 from tracer._sharded import local_of, shard_of
 from tracer._tensors import Captured, adopt, difference_stats
@@ -25,12 +24,12 @@ from tracer._verify_steps import VerifySteps
 from tracer._walk import as_tensor, walk
 
 if TYPE_CHECKING:
+    from tracer._copy_pool import CopyPool
     from tracer._hparams import DeferredHparams
     from tracer._lbfgs_replay import LiveLBFGS
     from tracer._plain_steps import _PlainStep
     from tracer._selection import ParamInfo
     from tracer._staged_steps import StagedUpdates
-    from tracer._tensors import CopyPool
     from tracer._verify import Prediction
 
 
@@ -388,18 +387,3 @@ class OptimizerSteps(VerifySteps):
                 entry.snapshots.append((p, self._snapshot(p), info, cls, gi, hp, prediction))
             except Exception as exc:
                 self.cannot_record("update", info.name, exc)
-
-
-def _stack_frames() -> Iterable[Any]:
-    frame: Any = sys._getframe(1)
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
-
-
-def _runs_closure_once_first(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``step(closure)`` evaluates the closure once, at its top: torch.optim's do,
-    except LBFGS; a ``step`` written elsewhere may do anything."""
-    step = inspect.unwrap(type(optimizer).step)  # torch wraps step() in its hook caller
-    module = getattr(step, "__module__", "") or ""
-    return module.startswith("torch.optim") and not isinstance(optimizer, torch.optim.LBFGS)

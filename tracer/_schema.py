@@ -9,8 +9,8 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tracer._batch import Batch
     from tracer._hparams import DeferredHparams
-    from tracer._staging import Batch
     from tracer._tensors import Captured
 
 SCHEMA_VERSION = 2

@@ -19,24 +19,41 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tracer._staging import _TYPES, FLOATS, Staging, plain_mode, small_float, stageable
+from tracer._hparams import hparams_text
+from tracer._row_template import Template, take_seqs
+from tracer._staging import (
+    _TYPES,
+    FLOATS,
+    SMALL,
+    Staging,
+    _dispatch_modes,
+    _transforms_active,
+    plain_mode,
+    small_float,
+)  # fmt: skip
+from tracer._step_plan import PlannedKey, StepPlan, plan_of
 from tracer._walk import as_tensor, walk
 
+_STRIDED = torch.strided
+
 if TYPE_CHECKING:
-    from tracer._hparams import DeferredHparams
     from tracer._selection import ParamInfo
 
 
 class StagedUpdates:
-    """The staged parameters of one dtype in one ``step()``: their copy before it, and what
-    each update row needs."""
+    """The staged parameters of one dtype in one ``step()``: their copy before it, and the
+    update rows' template and hyper-parameters (by param group)."""
 
-    __slots__ = ("params", "before", "rows")
+    __slots__ = ("params", "before", "template", "hparams", "numels")
 
-    def __init__(self) -> None:
-        self.params: list[torch.Tensor] = []
-        self.before: torch.Tensor | None = None
-        self.rows: list[tuple[str, str, int, str | DeferredHparams, tuple[int, ...], int]] = []
+    def __init__(
+        self, params: list[torch.Tensor], before: torch.Tensor, template: Template, hparams: list[Any]
+    ) -> None:
+        self.params = params
+        self.before = before
+        self.template = template
+        self.hparams = hparams
+        self.numels = template.numels
 
 
 class StagedSteps:
@@ -49,8 +66,7 @@ class StagedSteps:
     grad_rows: int
     params: dict[torch.Tensor, ParamInfo]
     _seq: Any
-    _staged: dict[int, tuple[int, ...]]  # id -> (version, generation, group, slot)
-    _staged_tensors: dict[int, torch.Tensor]  # id -> the tensor (identity: an id is reused)
+    _plans: dict[torch.optim.Optimizer, StepPlan]
     emit: Callable[..., None]
     stepped_params: Callable[..., Iterator[tuple[int, Any, torch.Tensor, ParamInfo]]]
 
@@ -58,129 +74,148 @@ class StagedSteps:
         self, kind: str, name: str, call: int, part: str, module_type: str | None, t: torch.Tensor,
         step: int | None, grad_enabled: bool | None, optimizer: str | None, group: int | None, hparams: str | None,
     ) -> bool:  # fmt: skip
-        """Stage the row of ``t`` when it is small (see :func:`tracer._staging.stageable`);
-        False when it takes the per-tensor path."""
-        if not stageable(t):
+        """Stage the row of ``t`` when it is small (:func:`tracer._staging.stageable`,
+        inlined: this runs for every small tensor); False when it takes the per-tensor path."""
+        dtype = FLOATS.get(t.dtype) if type(t) in _TYPES else None
+        if dtype is None or t.layout is not _STRIDED or t.is_nested or t.is_meta:
             return False
-        where = self._staged_copy(t)
         numel = t.numel()
-        keep = self.max_values is None or numel <= self.max_values
+        if numel > SMALL or _dispatch_modes() or _transforms_active():
+            return False
         if kind == "grad":
             self.grad_rows += 1
-        self.staging.row((
+        small = self.max_values
+        self.staging.put((
             self.step if step is None else step, next(self._seq), kind, name, call, part, module_type,
-            tuple(t.shape), FLOATS[t.dtype], numel, keep, grad_enabled, optimizer, group, hparams, *where,
-        ))  # fmt: skip
+            tuple(t.shape), dtype, numel, small is None or numel <= small, grad_enabled, optimizer, group, hparams,
+        ), t)  # fmt: skip
         return True
-
-    def _staged_copy(self, t: torch.Tensor) -> tuple[int, int]:
-        """``staging.copy(t)``, once per tensor and version within a batch: a module's input
-        is usually the previous module's output."""
-        try:
-            version = None if t.is_inference() else t._version
-        except (RuntimeError, NotImplementedError):
-            version = None
-        if version is None:
-            return self.staging.copy(t)
-        key = id(t)
-        hit = self._staged.get(key)
-        generation = self.staging.generation
-        # the tensor in a dict of its own, the rest in a tuple of ints: a tuple holding the
-        # tensor (or a weak reference) would be one more object for the garbage collector
-        if hit is not None and self._staged_tensors.get(key) is t and hit[0] == version and hit[1] == generation:
-            return hit[2], hit[3]
-        where = self.staging.copy(t)
-        self._staged[key] = (version, generation, *where)
-        self._staged_tensors[key] = t
-        return where
 
     def stage_step(self, opt: torch.optim.Optimizer, step: int | None) -> tuple[list[StagedUpdates], list[Any]]:
         """Stage the grad, param and state rows of ``opt``'s coming ``step()``; returns the
         staged parameters by dtype (for :meth:`stage_updates`) and the parameters left to
-        the per-tensor path, as ``(p, info, group index, hparams)``."""
+        the per-tensor path, as ``(p, info, group index, hparams)``. By the optimizer's
+        :class:`~tracer._step_plan.StepPlan` when it still holds, else afresh."""
+        at = self.step if step is None else step
+        plan = self._plans.get(opt)
+        if plan is not None and plain_mode():
+            grads = plan.gradients(opt, "state" in self.kinds)
+            if grads is not None:
+                staged = self._stage_planned(opt, plan, grads, at)
+                if staged is not None:
+                    return staged
+        self._plans.pop(opt, None)
+        return self._stage_afresh(opt, at, step)
+
+    def _stage_planned(
+        self, opt: torch.optim.Optimizer, plan: StepPlan, grads: list[torch.Tensor], at: int
+    ) -> tuple[list[StagedUpdates], list[Any]] | None:
+        flats = [self.staging.flatten(plan.tensors(key, grads)) for key in plan.keys]
+        if any(flat.numel() != key.total for flat, key in zip(flats, plan.keys)):
+            return None  # a state tensor resized in place
+        hps = [hparams_text(group) for group in opt.param_groups]
+        gids = [self.staging.adopt(flat, key.numels) for flat, key in zip(flats, plan.keys)]
+        template = plan.template
+        self.grad_rows += template.grads
+        self.staging.block((template, at, take_seqs(self._seq, template.n), hps, gids))
+        updates = [StagedUpdates(key.tensors, flat, key.updates, hps)
+                   for flat, key in zip(flats, plan.keys) if key.updates is not None]  # fmt: skip
+        return updates, [(p, info, gi, hps[gi]) for p, info, gi in plan.alone]
+
+    def _stage_afresh(
+        self, opt: torch.optim.Optimizer, at: int, step: int | None
+    ) -> tuple[list[StagedUpdates], list[Any]]:
+        """:meth:`stage_step` walking every parameter; records the optimizer's plan when the
+        step can be planned (every state value of a staged parameter a small tensor)."""
         kinds, staging = self.kinds, self.staging
         want_param, want_state, want_update = "param" in kinds, "state" in kinds, "update" in kinds
         want_grad = "grad" in kinds
         cls = type(opt).__name__
-        at = self.step if step is None else step
         seq, small = self._seq, self.max_values
-        pending: dict[tuple[Any, ...], list[torch.Tensor]] = {}
-        index: dict[tuple[Any, ...], int] = {}  # a key's number: rows hold ints, not the key
-        # (a tuple holding a dtype or device stays tracked by the garbage collector; one of
-        # plain values is untracked at its first collection, and never promoted)
-        rows: list[tuple[Any, ...]] = []  # FIELDS, with the key's number as the group until the copies are made
-        updates: dict[tuple[Any, ...], StagedUpdates] = {}
+        numbers: dict[tuple[Any, ...], int] = {}  # (role, dtype, device) -> the key's number
+        keys: list[tuple[str, list[torch.Tensor], list[int], list[tuple[Any, ...]] | None]] = []
+        # rows: FIELDS, their group the key's number (a tuple holding a dtype or device stays
+        # tracked by the garbage collector; one of plain values is untracked at its first
+        # collection, and never promoted)
+        rows: list[tuple[Any, ...]] = []
+        hps: list[Any] = [None] * len(opt.param_groups)
+        staged: list[tuple[torch.Tensor, ParamInfo]] = []
+        states: list[Any] = []
         alone: list[Any] = []
-        modes_off = plain_mode()
+        modes_off = plannable = plain_mode()
 
-        def add(fields: tuple[Any, ...] | None, key: tuple[Any, ...], t: torch.Tensor) -> None:
-            """Copy ``t`` with the others of ``key``; its row, unless ``fields`` is None."""
-            tensors = pending.get(key)
-            if tensors is None:
-                tensors = pending[key] = []
-                index[key] = len(index)
+        def add(fields: tuple[Any, ...] | None, role: str, t: torch.Tensor, source: int) -> int:
+            """Copy ``t`` with the others of its key; its row, unless ``fields`` is None."""
+            key = (role, t.dtype, t.device)
+            k = numbers.get(key)
+            if k is None:
+                k = numbers[key] = len(keys)
+                keys.append((role, [], [], [] if role == "param" and want_update else None))
+            tensors = keys[k][1]
             if fields is not None:
-                rows.append((*fields, index[key], len(tensors)))
+                rows.append((*fields, k, len(tensors)))
             tensors.append(t)
+            keys[k][2].append(source)
+            return k
 
         for gi, hp, p, info in self.stepped_params(opt):
+            hps[gi] = hp
             g = p.grad
             assert g is not None
             if not (modes_off and small_float(p) and small_float(g)):
                 alone.append((p, info, gi, hp))
                 continue
+            i = len(staged)
+            staged.append((p, info))
             name, mt, shape, numel = info.name, info.module_type, tuple(p.shape), p.numel()
             keep = small is None or numel <= small
             dtype = FLOATS[p.dtype]
             if want_grad:
-                self.grad_rows += 1
                 add((at, next(seq), "grad", name, 0, "", mt, tuple(g.shape), FLOATS[g.dtype], g.numel(), keep,
-                     None, cls, gi, hp), ("grad", g.dtype, g.device), g)  # fmt: skip
-            if want_param or want_update:
-                key = ("param", p.dtype, p.device)  # (without param rows: the update's snapshot only)
-                add((at, next(seq), "param", name, 0, "", mt, shape, dtype, numel, keep, None, cls, gi, hp)
-                    if want_param else None, key, p)  # fmt: skip
-                if want_update:
-                    staged = updates.get(key)
-                    if staged is None:
-                        staged = updates[key] = StagedUpdates()
-                    staged.params.append(p)
-                    staged.rows.append((name, mt, gi, hp, shape, numel))
+                     None, cls, gi, hp), "grad", g, i)  # fmt: skip
+            if want_param or want_update:  # (without param rows: the update's snapshot only)
+                k = add((at, next(seq), "param", name, 0, "", mt, shape, dtype, numel, keep, None, cls, gi, hp)
+                        if want_param else None, "param", p, i)  # fmt: skip
+                updates = keys[k][3]
+                if updates is not None:
+                    updates.append((None, None, "update", name, 0, "", mt, shape, "float64", numel, keep, None,
+                                    cls, gi, None, 0, len(updates)))  # fmt: skip
             if want_state:
-                for k, value in opt.state.get(p, {}).items():
-                    # a tensor (the usual state) needs no walk
-                    for part, t in ((str(k), value),) if type(value) in _TYPES else walk(as_tensor(value), str(k)):
-                        if modes_off and small_float(t):
+                for key, value in opt.state.get(p, {}).items():
+                    if type(value) in _TYPES and small_float(value):  # the usual state: needs no walk
+                        states.append(value)
+                        n = value.numel()
+                        add((at, next(seq), "state", name, 0, str(key), mt, tuple(value.shape), FLOATS[value.dtype],
+                             n, small is None or n <= small, None, cls, gi, hp), "state", value, -1)  # fmt: skip
+                        continue
+                    plannable = False
+                    for part, t in walk(as_tensor(value), str(key)):
+                        if small_float(t):
                             n = t.numel()
                             add((at, next(seq), "state", name, 0, part, mt, tuple(t.shape), FLOATS[t.dtype], n,
-                                 small is None or n <= small, None, cls, gi, hp), ("state", t.dtype, t.device), t)  # fmt: skip
+                                 small is None or n <= small, None, cls, gi, hp), "state", t, -1)  # fmt: skip
                         else:
                             self.emit("state", name, 0, part, mt, t, optimizer=cls, group=gi, hparams=hp, step=step)
-        groups = [0] * len(index)
-        for key, tensors in pending.items():
-            gid, flat = staging.flat(tensors)
-            groups[index[key]] = gid
-            staged = updates.get(key)
-            if staged is not None:
-                staged.before = flat  # the parameters' copy is the snapshot their update starts from
-        if rows:
-            staging.extend([(*row[:-2], groups[row[-2]], row[-1]) for row in rows])
-        return list(updates.values()), alone
+        flats = [staging.flatten(tensors) for _, tensors, _, _ in keys]
+        gids = [staging.adopt(flat, [t.numel() for t in tensors]) for flat, (_, tensors, _, _) in zip(flats, keys)]
+        template = Template(rows)
+        self.grad_rows += template.grads
+        staging.block((template, at, [row[1] for row in rows], hps, gids))
+        planned = [PlannedKey(role, sources, tensors, Template(u) if u is not None else None)
+                   for role, tensors, sources, u in keys]  # fmt: skip
+        if plannable and rows:
+            self._plans[opt] = plan_of(opt, self.params, staged, alone, states, planned, template)
+        return [StagedUpdates(key.tensors, flat, key.updates, hps)
+                for flat, key in zip(flats, planned) if key.updates is not None], alone  # fmt: skip
 
     def stage_updates(self, opt: torch.optim.Optimizer, staged: list[StagedUpdates], step: int | None) -> None:
         """The update rows of parameters staged by :meth:`stage_step`, after ``step()``:
         ``after − before`` exactly in float64, for all of one dtype at once."""
-        cls = type(opt).__name__
         at = self.step if step is None else step
-        small = self.max_values
         for s in staged:
-            if s.before is None or not s.params:
+            if not s.params:
                 continue
             after = self.staging.flatten(s.params)
             update = after.to(torch.float64).sub_(s.before)  # float64: exact for every float32 pair
-            gid = self.staging.adopt(update, [r[5] for r in s.rows])
-            self.staging.extend([
-                (at, next(self._seq), "update", name, 0, "", mt, shape, "float64", numel,
-                 small is None or numel <= small, None, cls, gi, hp, gid, i)
-                for i, (name, mt, gi, hp, shape, numel) in enumerate(s.rows)
-            ])  # fmt: skip
+            gid = self.staging.adopt(update, s.numels)
+            self.staging.block((s.template, at, take_seqs(self._seq, s.template.n), s.hparams, [gid]))

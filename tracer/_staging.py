@@ -26,21 +26,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 
-from tracer._hparams import as_text
-from tracer._schema import COLUMNS, Row, Sink
-from tracer._tensors import _ROW_OVERHEAD, Captured, dtype_name, host_copy
+from tracer._batch import Batch
+from tracer._row_template import Block
+from tracer._schema import Sink
+from tracer._tensors import dtype_name, host_copy
 
 SMALL = 4096
 """Tensors of at most this many elements are staged (copied); larger ones are captured alone."""
 
 CHUNK = 1 << 16
-"""Elements of a buffer that :meth:`Staging.copy` fills (one per dtype and device at a time)."""
+"""Elements of the clones of :meth:`Staging.copy` flattened into one buffer, at most."""
+
+CLONES = 512
+"""Clones of :meth:`Staging.copy` flattened into one buffer, at most."""
 
 FLOATS: dict[torch.dtype, str] = {
     d: dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -49,14 +51,10 @@ FLOATS: dict[torch.dtype, str] = {
 
 _TYPES = (torch.Tensor, torch.nn.Parameter)
 _flatten = torch._C._nn.flatten_dense_tensors
+_grad_enabled = torch.is_grad_enabled
+_monotonic = time.monotonic
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _transforms_active = torch._C._are_functorch_transforms_active
-
-# the fields of a staged row, in this order (a plain tuple: a NamedTuple costs 10× to make)
-FIELDS = (
-    "step", "seq", "kind", "name", "call", "part", "module_type", "shape", "dtype", "numel", "keep",
-    "grad_enabled", "optimizer", "param_group", "hparams", "group", "slot",
-)  # fmt: skip
 
 
 def stageable(t: Any) -> bool:
@@ -105,41 +103,77 @@ class Staging:
         self.max_age = max(flush_seconds, 0.0) / 4
         self.max_bytes = max_bytes
         self._lock = threading.RLock()  # an accelerator's backward runs tensor hooks on its own thread
-        self.generation = 0  # counts seals: a (group, slot) is valid in its generation only
         self._reset()
 
     def _reset(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
+        self.blocks: list[Block] = []  # runs of rows that repeat every step (tracer._row_template)
         self._groups: list[torch.Tensor] = []  # flat buffers (an open one: the whole, filled or not)
         self._numels: list[list[int]] = []
-        self._open: dict[Any, list[Any]] = {}  # (dtype, device) -> [group, buffer, elements used]
+        self._open: dict[Any, list[Any]] = {}  # (dtype, device) -> [group, clones, their elements]
         self._bytes = 0
         self._since = 0.0
+        self._copies: dict[int, tuple[int, int, int]] = {}  # id -> (version, group, slot) of a copy
+        self._copied: dict[int, torch.Tensor] = {}  # id -> the tensor (identity: an id is reused)
+
+    def put(self, head: tuple[Any, ...], t: torch.Tensor) -> None:
+        """Stage the row of a :func:`stageable` ``t`` (``head``: its :data:`FIELDS` but group
+        and slot), copying ``t`` once per version within a batch (a module's input is
+        usually the previous module's output); seals the batch when it is old or large."""
+        key = id(t)
+        version = None if t.is_inference() else t._version
+        with self._lock:
+            hit = self._copies.get(key)
+            # the tensor in a dict of its own, the rest in a tuple of ints: a tuple holding
+            # the tensor would be one more object for the garbage collector
+            if hit is not None and hit[0] == version and self._copied.get(key) is t:
+                where = hit[1], hit[2]
+            else:
+                where = self._copy(t)
+                if version is not None:
+                    self._copies[key] = (version, *where)
+                    self._copied[key] = t
+            if not (self.rows or self.blocks):
+                self._since = _monotonic()
+            self.rows.append((*head, *where))
+            if self._bytes >= self.max_bytes or _monotonic() - self._since >= self.max_age:
+                self.seal()
+
+    def forget(self) -> None:
+        """Copy every tensor again, even one unchanged since its copy (a new forward)."""
+        with self._lock:
+            self._copies.clear()
+            self._copied.clear()
 
     def copy(self, t: torch.Tensor) -> tuple[int, int]:
-        """Copy a :func:`stageable` ``t`` now (it may change in place later) into the open
-        buffer of its dtype: its ``(group, slot)``. Into a buffer, not a clone each: a clone
-        would live until the step ends, and many such objects make the garbage collector's
-        full collections frequent."""
-        src = (t.detach() if t.requires_grad else t).reshape(-1)
-        n = src.numel()
+        """Copy a :func:`stageable` ``t`` now (it may change in place later): its ``(group,
+        slot)``. A clone, flattened with the other clones of its dtype and device into one
+        buffer once they reach :data:`CHUNK` elements or :data:`CLONES` tensors (and at the
+        seal): a clone costs a quarter of a copy into a slice of a buffer, and no more than
+        :data:`CLONES` of them live at a time (many live tensors would make the garbage
+        collector's full collections frequent)."""
         with self._lock:
-            key = (t.dtype, t.device)
-            held = self._open.get(key)
-            if held is None or held[2] + n > held[1].numel():
-                if held is not None:  # full: its group is its filled part
-                    self._groups[held[0]] = held[1].narrow(0, 0, held[2])
-                chunk = torch.empty(max(CHUNK, n), dtype=t.dtype, device=t.device)
-                held = self._open[key] = [len(self._groups), chunk, 0]
-                self._groups.append(chunk)
-                self._numels.append([])
-            gid, chunk, used = held
-            chunk.narrow(0, used, n).copy_(src)  # on t's device; no host sync
-            held[2] = used + n
-            numels = self._numels[gid]
-            numels.append(n)
-            self._bytes += src.nbytes
-            return gid, len(numels) - 1
+            return self._copy(t)
+
+    def _copy(self, t: torch.Tensor) -> tuple[int, int]:
+        src = t.detach() if t.requires_grad and _grad_enabled() else t
+        clone = src.clone(memory_format=torch.contiguous_format)  # on t's device; no host sync
+        n = clone.numel()
+        key = (t.dtype, t.device)
+        held = self._open.get(key)
+        if held is None or held[2] + n > CHUNK or len(held[1]) >= CLONES:
+            if held is not None:
+                _close(self._groups, held)
+            held = self._open[key] = [len(self._groups), [], 0]
+            self._groups.append(clone)  # its place; the flat buffer replaces it when closed
+            self._numels.append([])
+        gid, clones, used = held
+        clones.append(clone)
+        held[2] = used + n
+        numels = self._numels[gid]
+        numels.append(n)
+        self._bytes += clone.nbytes
+        return gid, len(numels) - 1
 
     def flat(self, tensors: Sequence[torch.Tensor]) -> tuple[int, torch.Tensor]:
         """Copy ``tensors`` (one dtype and device) into one new flat buffer: its group (slot i
@@ -168,7 +202,7 @@ class Staging:
     def row(self, fields: tuple[Any, ...]) -> None:
         """Stage one row (its :data:`FIELDS`); seals the batch when it is old or large enough."""
         with self._lock:
-            if not self.rows:
+            if not (self.rows or self.blocks):
                 self._since = time.monotonic()
             self.rows.append(fields)
             self._seal_if_due()
@@ -176,9 +210,19 @@ class Staging:
     def extend(self, rows: list[tuple[Any, ...]]) -> None:
         """Stage many rows (see :meth:`row`)."""
         with self._lock:
-            if rows and not self.rows:
+            if rows and not (self.rows or self.blocks):
                 self._since = time.monotonic()
             self.rows.extend(rows)
+            self._seal_if_due()
+
+    def block(self, block: Block) -> None:
+        """Stage a :data:`~tracer._row_template.Block` of rows (see :meth:`row`)."""
+        if not block[0].n:
+            return
+        with self._lock:
+            if not (self.rows or self.blocks):
+                self._since = time.monotonic()
+            self.blocks.append(block)
             self._seal_if_due()
 
     def _seal_if_due(self) -> None:
@@ -188,24 +232,29 @@ class Staging:
     def seal(self) -> None:
         """Hand every staged row to the sink as one :class:`Batch` (nothing when none is staged)."""
         with self._lock:
-            if not self.rows:
+            if not (self.rows or self.blocks):
                 return
-            rows, groups, numels, since = self.rows, self._groups, self._numels, self._since
+            rows, blocks, groups, numels, since = self.rows, self.blocks, self._groups, self._numels, self._since
             opened = list(self._open.values())
             self._reset()
-            self.generation += 1
         try:
-            for gid, chunk, used in opened:  # only their filled part
-                groups[gid] = chunk.narrow(0, 0, used)
-            flats = groups
-            flats, event = _to_host(flats)
-            batch = Batch(rows, flats, numels, event, since)
+            for held in opened:
+                _close(groups, held)
+            flats, event = _to_host(groups)
+            batch = Batch(rows, flats, numels, event, since, blocks)
         except Exception as exc:  # never into the user's code
             if self.on_error is None:
                 raise
             self.on_error(exc)
             return
         self.sink.put_batch(batch)
+
+
+def _close(groups: list[torch.Tensor], held: list[Any]) -> None:
+    """An open group's clones, flattened into its buffer (``held``: see ``Staging._open``)."""
+    gid, clones = held[0], held[1]
+    with torch.no_grad():
+        groups[gid] = _flatten(clones) if len(clones) > 1 else clones[0].view(-1)
 
 
 def _to_host(flats: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
@@ -224,119 +273,3 @@ def _to_host(flats: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any]:
             copy, event = host_copy(f)  # events complete in order on one stream: the last says all
             host.append(copy)
     return host, event
-
-
-class Batch:
-    """Sealed staged rows, as the writer gets them: columns, flat host buffers, and (on an
-    accelerator) the event to wait for before reading them."""
-
-    __slots__ = ("rows", "flats", "numels", "event", "since", "nbytes")
-
-    def __init__(
-        self,
-        rows: list[tuple[Any, ...]],
-        flats: list[torch.Tensor],
-        numels: list[list[int]],
-        event: Any = None,
-        since: float | None = None,
-    ) -> None:
-        self.rows = rows
-        self.since = time.monotonic() if since is None else since  # when its oldest row was recorded
-        self.flats = flats
-        self.numels = numels
-        self.event = event
-        self.nbytes = _ROW_OVERHEAD * len(rows) + sum(f.nbytes for f in flats)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def encode(self, max_values: int = 2**31 - 1) -> tuple[dict[str, list[Any]], Packed]:
-        """The columns of :data:`tracer._schema.COLUMNS` but ``rank`` and ``values`` as
-        lists, and the values to store of all rows, :class:`Packed` (a row of ``max_values``
-        elements or more keeps none). Every row's statistics come from a few segmented
-        reductions per buffer (:func:`_segment_stats`), its values from one gather."""
-        if self.event is not None:
-            self.event.synchronize()  # the writer thread waits; training never does
-        arrays = [f.numpy() if f.dtype == torch.float64 else f.to(torch.float64).numpy() for f in self.flats]
-        numels = [np.asarray(n, dtype=np.int64) for n in self.numels]
-        parts = [_segment_stats(a, n) for a, n in zip(arrays, numels)]
-        base = np.zeros(len(parts) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in parts], out=base[1:])
-        # a column at a time: zip(*rows) would make an iterator object per row, each more
-        # work for the garbage collector (they outlive a collection or two)
-        cols = {name: list(map(itemgetter(i), self.rows)) for i, name in enumerate(FIELDS)}
-        slot = base[np.asarray(cols.pop("group"), dtype=np.int64)] + np.asarray(cols.pop("slot"), dtype=np.int64)
-        per_row = np.concatenate(parts)[slot]
-        numel = np.asarray(cols["numel"], dtype=np.int64)
-        empty = numel == 0
-        for i, name in enumerate(("mean", "std", "min", "max")):
-            column: list[Any] = per_row[:, i].tolist()
-            cols[name] = [None if e else v for v, e in zip(column, empty.tolist())] if empty.any() else column
-        cols["norm"] = per_row[:, 4].tolist()
-        cols["nonfinite"] = per_row[:, 5].astype(np.int64).tolist()
-        cols["hparams"] = list(map(as_text, cols["hparams"]))
-        for name in ("rule_error", "rule_matches", "global_shape", "shard_offset", "placements"):
-            cols[name] = [None] * len(self.rows)
-        kept = np.asarray(cols.pop("keep"), dtype=bool) & (numel < max_values)
-        # where each slot starts in all the buffers one after another, then one gather
-        sizes = np.array([a.size for a in arrays], dtype=np.int64)
-        starts = np.concatenate([np.cumsum(n) - n + off for n, off in zip(numels, np.cumsum(sizes) - sizes)])
-        lengths = np.where(kept, numel, 0)
-        total = int(lengths.sum())
-        first = starts[slot][kept]
-        index = np.repeat(first - (np.cumsum(lengths[kept]) - lengths[kept]), lengths[kept]) + np.arange(total)
-        flat = (np.concatenate(arrays) if len(arrays) > 1 else arrays[0])[index]
-        return cols, Packed(flat, lengths, ~kept)
-
-    def expand(self) -> list[Row]:
-        """The batch as :class:`~tracer._schema.Row` objects (in-memory sinks, sorted files)."""
-        cols, packed = self.encode()
-        names = [c for c in COLUMNS if c not in ("values", "rank", "shape", "dtype", "numel", *_STAT_NAMES)]
-        ends = np.cumsum(packed.lengths).tolist()
-        out = []
-        for i, (stop, missing) in enumerate(zip(ends, packed.missing.tolist())):
-            stats = None
-            if cols["numel"][i]:
-                stats = torch.tensor([cols[c][i] for c in _STAT_NAMES], dtype=torch.float64)
-            values = None if missing else torch.from_numpy(packed.flat[stop - int(packed.lengths[i]) : stop])
-            cap = Captured(tuple(cols["shape"][i]), cols["dtype"][i], cols["numel"][i], stats, values, _ROW_OVERHEAD)
-            out.append(Row(captured=cap, **{c: cols[c][i] for c in names}))
-        return out
-
-
-class Packed(NamedTuple):
-    """The ``values`` of consecutive rows in one array: row i holds ``lengths[i]`` values
-    (none and null where ``missing[i]``)."""
-
-    flat: np.ndarray
-    lengths: np.ndarray
-    missing: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-
-_STAT_NAMES = ("mean", "std", "min", "max", "norm", "nonfinite")
-
-
-def _segment_stats(a: np.ndarray, numels: np.ndarray) -> np.ndarray:
-    """``[mean, std, min, max, norm, nonfinite]`` of each consecutive segment of ``a`` (of
-    ``numels`` elements each), as ``np.mean``/``np.std``/... of each segment would give; an
-    empty segment's row is (nan, nan, nan, nan, 0, 0)."""
-    out = np.full((len(numels), 6), np.nan)
-    out[:, 4:] = 0.0
-    full = numels > 0
-    if not full.any():
-        return out
-    starts = (np.cumsum(numels) - numels)[full]
-    n = numels[full].astype(np.float64)
-    with np.errstate(all="ignore"):
-        mean = np.add.reduceat(a, starts) / n
-        centered = a - np.repeat(mean, numels[full])
-        out[full, 0] = mean
-        out[full, 1] = np.sqrt(np.add.reduceat(centered * centered, starts) / n)
-        out[full, 2] = np.minimum.reduceat(a, starts)
-        out[full, 3] = np.maximum.reduceat(a, starts)
-        out[full, 4] = np.sqrt(np.add.reduceat(a * a, starts))
-        out[full, 5] = n - np.add.reduceat(np.isfinite(a), starts, dtype=np.int64)
-    return out

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tracer import _encode
+from tracer._batch import Batch
 from tracer._compact import Compactor
 from tracer._encode import KIND_ORDER, ValuesBuffer, encode_rows, row_groups
 from tracer._schema import COLUMNS, KINDS, SCHEMA, STRING_COLUMNS, Row
-from tracer._staging import Batch
+from tracer._stats import serial
 
 _STAT_COLUMNS = ["step", "seq", "kind", "name", "call", "rank"]
 
@@ -213,6 +214,10 @@ class Writer:
 
     # -- writer threads ---------------------------------------------------------------
     def _run(self) -> None:
+        with serial():  # torch's ops here on one thread: the writer must not take the training's cores
+            self._loop()
+
+    def _loop(self) -> None:
         values = ValuesBuffer()
         while True:
             with self._cond:

@@ -39,6 +39,20 @@ def walk(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torc
         yield from walk(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
 
 
+def parts(obj: Any) -> Iterator[tuple[str, torch.Tensor]] | list[tuple[str, torch.Tensor]]:
+    """:func:`walk` of ``obj``, at once for what modules usually take and return: one
+    tensor, or a tuple of one tensor.
+
+    >>> [p for p, _ in parts((torch.ones(1),))]
+    ['0']
+    """
+    if isinstance(obj, torch.Tensor):
+        return [("", obj)]
+    if type(obj) is tuple and len(obj) == 1 and isinstance(obj[0], torch.Tensor):
+        return [("0", obj[0])]
+    return walk(obj)
+
+
 def as_tensor(value: Any) -> Any:
     """Python scalars in optimizer state as 0-d tensors (int64 for ints, as replay needs);
     anything else as it is.
