@@ -228,3 +228,33 @@ def test_a_traced_cuda_step_makes_no_host_sync(tmp_path, lr):
     df = tracer.load(run.path)
     assert {0, 1, 2} == set(df.step) and {"grad", "param", "update", "state", "activation"} <= set(df.kind)
     assert df[df.kind == "grad"]["norm"].notna().all()
+
+
+def test_batches_joined_encode_as_each_alone(tmp_path):
+    """The writer encodes a file's batches together: the same columns and values as each
+    batch encoded alone, one after the other (rows, and an optimizer's blocks)."""
+    sink = _Sink()
+    model, x, y, loss_fn, opt = make_reference()
+    from tracer._hooks import Recorder
+    from tracer._selection import module_infos, param_infos
+
+    everything = lambda name: True  # noqa: E731
+    kinds = frozenset({"input", "activation", "activation_grad", "loss", "grad", "param", "update", "state"})
+    recorder = Recorder(sink, kinds=kinds, max_values=None, every=1, params=param_infos(model, [opt], everything),
+                        modules=module_infos(model, everything), optimizers=[opt])  # fmt: skip
+    recorder.install()
+    try:
+        train_reference(model, x, y, loss_fn, opt, steps=3)
+    finally:
+        recorder.finish()
+        recorder.uninstall()
+    assert len(sink.batches) == 3 and all(b.blocks and b.rows for b in sink.batches)
+    def table(cols, packed):  # a batch's rows (in any order: a file's are sorted when read) by seq
+        ends = np.cumsum(packed.lengths)
+        values = [packed.flat[e - n : e].tolist() for e, n in zip(ends, packed.lengths)]
+        rows = zip(*[c.to_pylist() for c in cols.values()], values)
+        return sorted(rows, key=lambda row: row[list(cols).index("seq")])
+
+    joined = table(*Batch.joined(sink.batches).encode())
+    alone = sorted((r for b in sink.batches for r in table(*b.encode())), key=lambda row: row[1])
+    assert joined == alone and len(joined) > 20

@@ -39,7 +39,7 @@ class Batch:
     """Sealed staged rows, as the writer gets them: columns, flat host buffers, and (on an
     accelerator) the event to wait for before reading them."""
 
-    __slots__ = ("rows", "blocks", "count", "flats", "numels", "event", "since", "nbytes")
+    __slots__ = ("rows", "blocks", "count", "flats", "numels", "event", "since", "nbytes", "offsets")
 
     def __init__(
         self,
@@ -58,9 +58,34 @@ class Batch:
         self.numels = numels
         self.event = event
         self.nbytes = _ROW_OVERHEAD * self.count + sum(f.nbytes for f in flats)
+        self.offsets: list[tuple[int, int]] = []  # a joined batch's rows: (rows, their groups' offset) runs
 
     def __len__(self) -> int:
         return self.count
+
+    @classmethod
+    def joined(cls, batches: Sequence[Batch]) -> Batch:
+        """``batches`` as one (the writer encodes the batches of a file together: what a
+        batch costs to encode besides its rows, once per file)."""
+        if len(batches) == 1:
+            return batches[0]
+        rows: list[tuple[Any, ...]] = []
+        blocks: list[Block] = []
+        flats: list[torch.Tensor] = []
+        numels: list[list[int]] = []
+        offsets = []
+        for b in batches:
+            at = len(flats)
+            if b.rows:
+                rows.extend(b.rows)
+                offsets.append((len(b.rows), at))
+            blocks.extend((t, step, seqs, hps, [g + at for g in gids]) for t, step, seqs, hps, gids in b.blocks)
+            flats.extend(b.flats)
+            numels.extend(b.numels)
+        events = [b.event for b in batches if b.event is not None]
+        joined = cls(rows, flats, numels, _Events(events) if events else None, min(b.since for b in batches), blocks)
+        joined.offsets = offsets
+        return joined
 
     def encode(self, max_values: int = 2**31 - 1, rank: int = 0) -> tuple[dict[str, pa.Array], Packed]:
         """Every column of :data:`tracer._schema.SCHEMA` but ``values`` as an Arrow array, and
@@ -86,6 +111,9 @@ class Batch:
                 chunks[name].append(pa.array(list(map(as_text, column)) if name == "hparams" else column, _TYPES[name]))
             for into, i in ((groups, -2), (slots, -1), (sizes, 9)):
                 into.append(np.fromiter(map(itemgetter(i), self.rows), dtype=np.int64, count=len(self.rows)))
+            if self.offsets:  # joined: each batch's rows number its own groups
+                runs, at = zip(*self.offsets)
+                groups[-1] += np.repeat(np.asarray(at, dtype=np.int64), runs)
             keeps.append(np.fromiter(map(itemgetter(10), self.rows), dtype=bool, count=len(self.rows)))
         for template, step, seqs, hparams, gids in self.blocks:
             for name, array in template.arrow().items():
@@ -139,6 +167,17 @@ class Batch:
             cap = Captured(tuple(cols["shape"][i]), cols["dtype"][i], cols["numel"][i], stats, values, _ROW_OVERHEAD)
             out.append(Row(captured=cap, **{c: cols[c][i] for c in names}))
         return out
+
+
+class _Events:
+    """The events of joined batches, waited for together."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    def synchronize(self) -> None:
+        for event in self.events:
+            event.synchronize()
 
 
 class Packed(NamedTuple):

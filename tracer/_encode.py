@@ -66,14 +66,22 @@ def encode_rows(rows: Sequence[Row | Batch], rank: int) -> tuple[dict[str, pa.Ar
                 chunks[c].append(pa.array(cols[c], type=SCHEMA.field(c).type))
                 cols[c] = []
 
-    for row in rows:
-        if isinstance(row, Batch):
-            close_run()
-            batch_cols, packed = row.encode(MAX_LIST_VALUES, rank)
+    batches: list[Batch] = []  # consecutive batches, encoded together
+
+    def close_batches() -> None:
+        if batches:
+            batch_cols, packed = Batch.joined(batches).encode(MAX_LIST_VALUES, rank)
             for key, column in batch_cols.items():
                 chunks[key].append(column)
             values.append(packed)  # many rows' values in one entry (a file with batches is one row group)
+            batches.clear()
+
+    for row in rows:
+        if isinstance(row, Batch):
+            close_run()
+            batches.append(row)
             continue
+        close_batches()
         cap = row.captured
         stats, vals = finish(cap)
         cols["step"].append(row.step)
@@ -102,6 +110,7 @@ def encode_rows(rows: Sequence[Row | Batch], rank: int) -> tuple[dict[str, pa.Ar
             vals = None  # a list<float64> cannot hold it: statistics only (README, Limits)
         values.append(vals)
     close_run()
+    close_batches()
     if not chunks["step"]:
         return {c: pa.array([], type=SCHEMA.field(c).type) for c in names}, values
     return {c: parts[0] if len(parts) == 1 else pa.concat_arrays(parts) for c, parts in chunks.items()}, values
