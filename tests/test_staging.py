@@ -249,6 +249,7 @@ def test_batches_joined_encode_as_each_alone(tmp_path):
         recorder.finish()
         recorder.uninstall()
     assert len(sink.batches) == 3 and all(b.blocks and b.rows for b in sink.batches)
+
     def table(cols, packed):  # a batch's rows (in any order: a file's are sorted when read) by seq
         ends = np.cumsum(packed.lengths)
         values = [packed.flat[e - n : e].tolist() for e, n in zip(ends, packed.lengths)]
