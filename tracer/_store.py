@@ -219,6 +219,7 @@ class Writer:
 
     def _loop(self) -> None:
         values = ValuesBuffer()
+        freed, trimmed = 0, time.monotonic()  # bytes written since the pages were last given back
         while True:
             with self._cond:
                 batch = self._wait_for_file()
@@ -240,8 +241,12 @@ class Writer:
                 if written and self._on_file is not None:
                     self._on_file(FileWritten(f"{self._file_name(index)}.parquet", count, oldest_put, started, renamed))
                 values.shrink(4 * _encode.ROW_GROUP_BYTES)
-                if batch_bytes >= _TRIM_BYTES:
+                freed += batch_bytes
+                # at most once a second (a trim locks the allocator's arenas, which the
+                # training thread allocates from), but after every large file
+                if freed >= _TRIM_BYTES and (freed >= 16 * _TRIM_BYTES or time.monotonic() - trimmed >= 1.0):
                     _release_free_memory()
+                    freed, trimmed = 0, time.monotonic()
             except BaseException as exc:
                 if self.error is None:
                     self.error = exc
