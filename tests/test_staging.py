@@ -259,3 +259,20 @@ def test_batches_joined_encode_as_each_alone(tmp_path):
     joined = table(*Batch.joined(sink.batches).encode())
     alone = sorted((r for b in sink.batches for r in table(*b.encode())), key=lambda row: row[1])
     assert joined == alone and len(joined) > 20
+
+
+def test_clones_are_flattened_a_few_at_a_time(monkeypatch):
+    monkeypatch.setattr(_staging, "CLONES", 2)
+    sink = _Sink()
+    staging = Staging(sink, flush_seconds=3600)
+    tensors = [torch.full((2, 3), float(i)).t() for i in range(5)]  # not contiguous: copied as they read
+    for i, t in enumerate(tensors):
+        gid, slot = staging.copy(t)
+        staging.row((0, i, "activation", "m", i, "", "Linear", (3, 2), "float32", 6, True, True, None,
+                     None, None, gid, slot))  # fmt: skip
+        t.add_(100)  # changed in place after its row: the row keeps the value it had
+    staging.seal()
+    (batch,) = sink.batches
+    assert [12, 12, 6] == [f.numel() for f in batch.flats]
+    _, packed = batch.encode()
+    assert packed.flat.tolist() == torch.cat([(t - 100).reshape(-1) for t in tensors]).tolist()

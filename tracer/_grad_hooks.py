@@ -57,9 +57,9 @@ class GradHooks:
             self.prune_handles()
 
     def prune_handles(self) -> None:
-        """Forget the handles of tensors that died (called as a step ends, when most
-        activations are gone, so that few handles live long enough to burden the garbage
-        collector; and when many have gathered without a step)."""
+        """Forget the handles of tensors that died (called as the model's next forward
+        starts, when the last one's activations are gone, so that few handles live long
+        enough to burden the garbage collector; and when many have gathered)."""
         if self.tensor_handles:
             self.tensor_handles = [h for h in self.tensor_handles if _alive(h)]
             self._prune_at = len(self.tensor_handles) + _PRUNE_HANDLES

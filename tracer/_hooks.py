@@ -212,7 +212,6 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
             self.emit_buffers(self.step)
         self.flush_metrics()
         self.staging.seal()  # the step's small tensors, to the writer
-        self.prune_handles()
         self.step_closed = True
         self._forget_copies()
         self.step += 1
@@ -326,8 +325,10 @@ class Recorder(StagedSteps, GradHooks, OptimizerSteps, PlainSteps, BufferSteps, 
                 self._watch_grad(t, info, call, part)
 
     def _root_forward(self) -> None:
-        """The model's forward starts: the capture cache serves one forward at a time."""
+        """The model's forward starts: the capture cache serves one forward at a time, and
+        the tensor hooks of the last forward's outputs, gone by now, are forgotten."""
         self._forget_copies()
+        self.prune_handles()
         if self._inflight:
             self._recover_failed_steps()
         if self.optimizers:

@@ -41,8 +41,10 @@ SMALL = 4096
 CHUNK = 1 << 16
 """Elements of the clones of :meth:`Staging.copy` flattened into one buffer, at most."""
 
-CLONES = 512
+CLONES = 64
 """Clones of :meth:`Staging.copy` flattened into one buffer, at most."""
+
+_RECENT = 32  # the tensors Staging.put remembers copying (a module's input: the last output)
 
 FLOATS: dict[torch.dtype, str] = {
     d: dtype_name(d) for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -110,7 +112,7 @@ class Staging:
         self.blocks: list[Block] = []  # runs of rows that repeat every step (tracer._row_template)
         self._groups: list[torch.Tensor] = []  # flat buffers (an open one: the whole, filled or not)
         self._numels: list[list[int]] = []
-        self._open: dict[Any, list[Any]] = {}  # (dtype, device) -> [group, clones, their elements]
+        self._open: dict[Any, list[Any]] = {}  # dtype (CPU) or (dtype, device) -> [group, clones, their elements]
         self._bytes = 0
         self._since = 0.0
         self._copies: dict[int, tuple[int, int, int]] = {}  # id -> (version, group, slot) of a copy
@@ -131,6 +133,11 @@ class Staging:
             else:
                 where = self._copy(t)
                 if version is not None:
+                    if len(self._copied) >= _RECENT:
+                        # only the last few: holding every tensor of a step would keep them
+                        # alive, and the garbage collector would promote them all
+                        self._copies.clear()
+                        self._copied.clear()
                     self._copies[key] = (version, *where)
                     self._copied[key] = t
             if not (self.rows or self.blocks):
@@ -159,7 +166,7 @@ class Staging:
         src = t.detach() if t.requires_grad and _grad_enabled() else t
         clone = src.clone(memory_format=torch.contiguous_format)  # on t's device; no host sync
         n = clone.numel()
-        key = (t.dtype, t.device)
+        key = t.dtype if t.is_cpu else (t.dtype, t.device)  # (a device object costs more than the dtype)
         held = self._open.get(key)
         if held is None or held[2] + n > CHUNK or len(held[1]) >= CLONES:
             if held is not None:
