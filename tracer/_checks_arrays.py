@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +43,9 @@ NEEDED = ("step", "name", "kind", "part", "call", "optimizer", "param_group", "h
 
 Ordered = tuple[int, int, "UpdateCheck"]
 """``(step, order, check)``: ``order`` is the (step, parameter)'s first row in the frame."""
+
+
+_DTYPE, _SHAPE, _BYTES = attrgetter("dtype"), attrgetter("shape"), methodcaller("tobytes")
 
 
 class _Slow(Exception):
@@ -87,6 +91,7 @@ class _Columns:
         self.norm = rows["norm"].to_numpy(dtype=np.float64, na_value=np.nan)
         self.part = rows["part"].fillna("").astype(str).to_numpy(dtype=object)
         self._objects: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # the stacks of one parameter, reused by the next
 
     def by_name(self) -> dict[str, dict[str, np.ndarray]]:
         """``{name: {kind: row positions}}``; a state kind is ``"state:PART"``."""
@@ -115,20 +120,29 @@ class _Columns:
             raise _Slow
         return first
 
-    def stacked(self, where: np.ndarray, numel: int) -> np.ndarray:
+    def views(self, where: np.ndarray, shape: tuple[int, ...], stacked: np.ndarray) -> list[np.ndarray]:
+        """The rows' own values in ``shape`` (read-only views of the trace, not copies); the rows
+        of ``stacked`` (their values made float64) where they are of another dtype."""
+        values = self.values[where].tolist()
+        if set(map(_DTYPE, values)) != {np.float64}:
+            return _each(stacked.copy())  # the stack's buffer is reused
+        return values if len(shape) == 1 else list(map(methodcaller("reshape", shape), values))
+
+    def stacked(self, where: np.ndarray, numel: int, role: str) -> np.ndarray:
         """The values of rows ``where`` as one float64 array, a row each; :class:`_Slow` unless
         each is stored (a flat real array of ``numel`` numbers, made float64 as the row
-        checks make it)."""
-        values = list(self.values[where])
-        if not values or set(map(type, values)) != {np.ndarray}:
-            raise _Slow
-        try:
-            out = np.stack(values)
-        except ValueError:  # of different shapes
-            raise _Slow from None
-        if out.shape != (len(values), numel) or out.dtype.kind not in "fiu":
-            raise _Slow  # a complex tensor's values, a 0-d array, ...
-        return out if out.dtype == np.float64 else out.astype(np.float64)
+        checks make it). The array is ``role``'s buffer: valid until the next stack of ``role``
+        (fresh memory costs more than the copy: a long trace's stacks are hundreds of MB)."""
+        values = self.values[where].tolist()
+        if not values or set(map(type, values)) != {np.ndarray} or set(map(_SHAPE, values)) != {(numel,)}:
+            raise _Slow  # not stored, a 0-d array, of another size, ...
+        if any(d.kind not in "fiu" for d in set(map(_DTYPE, values))):
+            raise _Slow  # a complex tensor's values
+        size = len(values) * numel
+        buffer = self._buffers.get(role)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[role] = np.empty(size, dtype=np.float64)
+        return np.concatenate(values, out=buffer[:size]).reshape(len(values), numel)  # as np.stack, made float64
 
 
 class _Parameter:
@@ -183,7 +197,11 @@ class _Parameter:
     def _shape(self, where: np.ndarray) -> tuple[int, ...]:
         """The checked shape, the same at every step."""
         cells = self.cols.column("shape")[where]
-        if len({c.tobytes() if type(c) is np.ndarray else tuple(c) for c in cells}) != 1:
+        arrays = set(map(type, cells)) == {np.ndarray}
+        keys = (
+            set(map(_BYTES, cells)) if arrays else {c.tobytes() if type(c) is np.ndarray else tuple(c) for c in cells}
+        )
+        if len(keys) != 1:
             raise _Slow
         return _check_judge.checked_shape({"shape": cells[0], "dtype": str(self.cols.column("dtype")[where[0]])})
 
@@ -196,9 +214,9 @@ class _Parameter:
         keys = pd.DataFrame({"hp": hp_text, "size": [-1 if g is None else g for g in self.group_sizes]})
         for i in range(len(present)):
             keys[f"s{i}"] = present[i]
-        param = cols.stacked(self.par, self.numel).reshape(-1, *self.shape)
-        update = cols.stacked(self.upd, self.numel).reshape(-1, *self.shape)
-        grad = None if self.grd is None else cols.stacked(self.grd, self.numel).reshape(-1, *self.shape)
+        param = cols.stacked(self.par, self.numel, "param").reshape(-1, *self.shape)
+        update = cols.stacked(self.upd, self.numel, "update").reshape(-1, *self.shape)
+        grad = None if self.grd is None else cols.stacked(self.grd, self.numel, "grad").reshape(-1, *self.shape)
         out: list[Ordered] = []
         for _, where in keys.groupby(list(keys.columns), sort=False).indices.items():
             out += self._stack(np.asarray(where), str(hp_text[where[0]]), param, update, grad, tolerance, make)
@@ -222,13 +240,14 @@ class _Parameter:
         texts = self.judge.texts(self.rule, self.used, hp_text, plain) if self.rule is not None else None
         if not isinstance(texts, tuple):
             raise _Slow
-        state, dtypes = {}, {}
+        state, dtypes, kept_state = {}, {}, {}
         for part, rows in self.parts.items():
             if rows[first] >= 0:
                 at = rows[_rows(where)]
                 dtypes[part] = str(cols.one("dtype", at))
                 shape = self._shape(at)
-                state[part] = cols.stacked(at, int(np.prod(shape))).reshape(-1, *shape)
+                state[part] = cols.stacked(at, int(np.prod(shape)), f"state:{part}").reshape(-1, *shape)
+                kept_state[part] = cols.views(at, shape, state[part])
         context = {**reserved, PARAM_DTYPE: self.dtype, STATE_DTYPES: dtypes}
         size = self.group_sizes[first]
         extra = {} if size is None or "params" in plain else {"params": size}
@@ -236,6 +255,8 @@ class _Parameter:
         take = _rows(where)
         p, g, u = param[take], None if grad is None else grad[take], update[take]
         predicted = self._predict(p, g, state, hparams)
+        if any(np.may_share_memory(predicted, a) for a in (param, update, grad, *state.values()) if a is not None):
+            predicted = predicted.copy()  # a rule that returned its input: the stacks' buffers are reused
         worst, counts, firsts = tolerance.judge_rows(p.reshape(len(where), -1), u.reshape(len(where), -1),
                                                      predicted, self.dtype)  # fmt: skip
         n = len(where)
@@ -248,13 +269,17 @@ class _Parameter:
                         hparams={}, dtype=self.dtype, shape=self.shape)  # fmt: skip
         base = template.__dict__
         base.update({"rule_class": self.used, "rule": texts[0], "latex": texts[1], "check": "rule", "group_size": size})
-        states = [dict(zip(state, values)) for values in zip(*map(_each, state.values()))] if state else [{}] * n
-        grads = [None] * n if g is None else _each(g)
+        # the checks hold the trace's own values, as the step-by-step path does: the stacks' buffers are reused
+        states = (
+            [dict(zip(kept_state, values)) for values in zip(*kept_state.values())] if state else [{} for _ in range(n)]
+        )
+        grads = [None] * n if g is None or self.grd is None else cols.views(self.grd[where], self.shape, g)
         steps, orders = self.steps[where].tolist(), self.order[where].tolist()
         out: list[Ordered] = []
         cls = type(template)
+        olds, updates = cols.views(self.par[where], self.shape, p), cols.views(self.upd[where], self.shape, u)
         for step, order, new, top, bad, at, old, grd, upd, kept, (un, pn, gn) in zip(
-            steps, orders, list(predicted), worst, counts, firsts, _each(p), grads, _each(u), states, norms
+            steps, orders, list(predicted), worst, counts, firsts, olds, grads, updates, states, norms
         ):
             c = object.__new__(cls)
             c.__dict__ = {
@@ -266,7 +291,7 @@ class _Parameter:
                 "matches": not bad,
                 "param": old,
                 "grad": grd,
-                "state": dict(kept),
+                "state": kept,  # a dict of its own (made above)
                 "update": upd,
                 "norms": {"update": un, "param": pn, "grad": gn},
                 "mismatches": bad,

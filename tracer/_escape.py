@@ -12,6 +12,8 @@ exactly as it is and cannot change the layout around it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 
 def escape_text(text: str) -> str:
@@ -60,3 +62,22 @@ _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", 
 def escape_latex(text: str) -> str:
     """``text`` as LaTeX text that prints exactly ``text``."""
     return "".join(_LATEX_SPECIAL.get(c, c) for c in escape_text(text))
+
+
+_ESCAPED = re.compile("[&<>\"']")
+
+
+def html_plain_rows(rows: Sequence[Sequence[Any]]) -> str | None:
+    """The ``<tr>`` rows of a table whose cells are all text that HTML needs no escape for
+    (numbers, names, ✓/✗: no ``&<>"'``), written in one pass; None otherwise.
+
+    >>> html_plain_rows([("fc", "0.5")])
+    '<tr><td>fc</td><td>0.5</td></tr>'
+    """
+    try:
+        plain = _ESCAPED.search("\n".join(map("\n".join, rows))) is None
+    except TypeError:  # a cell that is not text
+        return None
+    if not plain:
+        return None
+    return "".join(["<tr><td>" + "</td><td>".join(r) + "</td></tr>" if r else "<tr></tr>" for r in rows])

@@ -23,17 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import itertools
 import re
 from collections.abc import Sequence
 
-from tracer._escape import (
-    _md_code,
-    _md_fence,
-    _md_line,
-    escape_latex,
-    escape_markdown,
-    escape_text,
-)
+from tracer._escape import _md_code, _md_fence, _md_line, escape_latex, escape_markdown, escape_text, html_plain_rows
 from tracer._mathml import mathml as _mathml
 
 TONES = ("", "ok", "bad", "warn", "muted")
@@ -172,8 +166,9 @@ def _aligned(t: Table) -> list[str]:
     columns = [c if "".join(c).isprintable() else [escape_text(x) for x in c] for c in columns]
     widths = [max(map(len, column)) for column in columns]
     line = "  " + " | ".join(f"{{:<{w}}}" for w in widths)
-    rows = list(zip(*columns)) or [()] * (1 + len(t.rows))
-    return [line.format(*rows[0]), "  " + "-+-".join("-" * w for w in widths), *(line.format(*r) for r in rows[1:])]
+    rows = list(zip(*columns))  # the header, then the rows: formatted in one call, no cell holds a newline
+    body = ((line + "\n") * len(t.rows)).format(*itertools.chain.from_iterable(rows[1:])).split("\n")[:-1]
+    return [line.format(*(rows[0] if rows else ())), "  " + "-+-".join("-" * w for w in widths), *body]
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -245,10 +240,11 @@ _HTML_SPECIAL = re.compile("[&<>\"'✓✗]")
 
 def _esc(text: str) -> str:
     """``html.escape`` with ✓ and ✗ coloured; most cells (numbers, names) need nothing."""
-    if _HTML_SPECIAL.search(text) is None:
-        return text
-    out = html.escape(text, quote=True)
-    return out.replace("✓", '<span class="ok">✓</span>').replace("✗", '<span class="bad">✗</span>')
+    return text if _HTML_SPECIAL.search(text) is None else _marks(html.escape(text, quote=True))
+
+
+def _marks(text: str) -> str:
+    return text.replace("✓", '<span class="ok">✓</span>').replace("✗", '<span class="bad">✗</span>')
 
 
 def _class(*names: str) -> str:
@@ -286,7 +282,10 @@ def _html_cell(cell: str | Cell) -> str:
 
 def _html_table(b: Table) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in b.header)
-    rows = "".join("<tr>" + "".join(map(_html_cell, r)) + "</tr>" for r in b.rows)
+    plain = html_plain_rows(b.rows)  # a long trace's step tables: nothing to escape, ✓/✗ coloured at once
+    rows = (
+        _marks(plain) if plain is not None else "".join("<tr>" + "".join(map(_html_cell, r)) + "</tr>" for r in b.rows)
+    )
     return f"<table{_class('left' if b.align == 'left' else '')}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 

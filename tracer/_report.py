@@ -19,7 +19,7 @@ from tracer._render import Block, Formula, Heading, Para, Raw, Section
 from tracer._render import to_html as _to_html
 from tracer._render import to_latex as _to_latex
 from tracer._render import to_markdown as _to_markdown
-from tracer._report_update import step_table, summary_table, update_blocks, update_stage
+from tracer._report_update import step_tables, summary_table, update_blocks, update_stage
 from tracer._trace import NameFilter, StepFilter, Trace, TraceLike, filter_frame
 
 FRAME_COLUMNS = [
@@ -204,6 +204,7 @@ class Report:
         if compact:
             out += self._rules_once()
         by_step = self._by_step()
+        tables = step_tables(by_step) if compact else {}
         shown = 0
         for step in self.steps:
             checks = by_step.get(step, [])
@@ -216,7 +217,7 @@ class Report:
             if walk:
                 body += walk
             elif checks and compact:
-                body.append(step_table(checks))
+                body.append(tables[step])
             elif checks:
                 body.append(Para("Each parameter's update, by its optimizer's rule:", lead="Updates."))
                 for c in checks:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 from tracer._checks import UpdateCheck
 from tracer._render import Block, Formula, Heading, Para, Section, Table
 from tracer._render import to_text as _render_text
-from tracer._report_update import group, shown_hparams
-from tracer.rules._base import MINUS, num
+from tracer._report_update import group, nums, shown_hparams
 
 if TYPE_CHECKING:
     from tracer._report import Report
@@ -109,12 +108,15 @@ def _hparams(members: list[UpdateCheck]) -> str:
 
 def _updates(rep: Report) -> list[Block]:
     marks = {True: "✓", False: "✗", None: "–"}
+    flat: list[float | None] = []
+    for c in rep.checks:
+        norms = c.norms
+        flat += (c.max_abs_error, norms.get("grad"), norms.get("update"), norms.get("param"), _ratio(c))
+    texts = [t if v is not None else "–" for v, t in zip(flat, nums([math.nan if v is None else v for v in flat]))]
     rows = [
-        (str(c.step), c.name, f"{marks[c.matches]} {c.check or 'not checked'}", _n(c.max_abs_error),
-         _n(norms.get("grad")), _n(norms.get("update")), _n(norms.get("param")), _ratio(c))
-        for c in rep.checks
-        for norms in (c.norms,)
-    ]  # fmt: skip
+        (str(c.step), c.name, f"{marks[c.matches]} {c.check or 'not checked'}", *texts[at : at + 5])
+        for at, c in zip(range(0, len(texts), 5), rep.checks)
+    ]
     out: list[Block] = [
         Heading(2, "Updates"),
         Para(
@@ -131,15 +133,9 @@ def _updates(rep: Report) -> list[Block]:
     return out
 
 
-def _n(value: float | None) -> str:
-    """:func:`~tracer.rules._base.num` of a float, "–" for None (inlined: it runs for every update)."""
-    if value is None:
-        return "–"
-    return "0" if value == 0 else format(float(value), ".6g").replace("-", MINUS)
-
-
-def _ratio(c: UpdateCheck) -> str:
+def _ratio(c: UpdateCheck) -> float | None:
+    """‖Δθ‖/‖θ‖ as the table shows it; None ("–") where there is none."""
     param, update = c.norms.get("param"), c.norms.get("update")
     if param is None or update is None or (param == 0 and not math.isnan(update)):
-        return "–"  # a zero parameter has no ratio
-    return num(c.update_ratio)
+        return None  # a zero parameter has no ratio
+    return c.update_ratio

@@ -171,19 +171,44 @@ def summary_table(
 
 def step_table(checks: list[UpdateCheck]) -> Table:
     """One row per update of a step; a long reason is the check cell's note, never cut."""
-    rows = []
+    return step_tables({0: checks})[0]
+
+
+def step_tables(by_step: Mapping[int, list[UpdateCheck]]) -> dict[int, Table]:
+    """:func:`step_table` of every step at once: the numbers of all of them formatted in one call
+    (a 10,000-step trace has 160,000)."""
+    checks = [c for members in by_step.values() for c in members]
+    flat: list[Any] = []
     for c in checks:
-        shown = mark(c)
-        short = f"{shown} {c.check or ''}".strip()
-        check: str | Cell = f"{shown} {c.check or c.reason or ''}".strip()
-        if c.reason and (c.check or len(c.reason) > 60):
-            check = Cell(short, note=c.reason)
         norms = c.norms
-        rows.append(
-            (c.name, check, _num(c.max_abs_error) if c.max_abs_error is not None else "–",
-             _num(norms.get("grad", math.nan)), _num(norms.get("update", math.nan)), ratio(c.update_ratio))
-        )  # fmt: skip
-    return Table(("parameter", "check", "max error", "‖g‖", "‖Δθ‖", "‖Δθ‖/‖θ‖"), tuple(rows))
+        flat += (c.max_abs_error, norms.get("grad", math.nan), norms.get("update", math.nan), c.update_ratio)
+    texts = nums([math.nan if v is None else v for v in flat])
+    out, at = {}, 0
+    for step, members in by_step.items():
+        rows = []
+        for c in members:
+            shown, reason = _MARKS[c.matches], c.reason
+            check: str | Cell = f"{shown} {c.check or reason or ''}".strip()
+            if reason and (c.check or len(reason) > 60):
+                check = Cell(f"{shown} {c.check or ''}".strip(), note=reason)
+            error = "–" if c.max_abs_error is None else texts[at]
+            shown_ratio = texts[at + 3] if math.isfinite(flat[at + 3]) else "—"
+            rows.append((c.name, check, error, texts[at + 1], texts[at + 2], shown_ratio))
+            at += 4
+        out[step] = Table(_STEP_HEADER, tuple(rows))
+    return out
+
+
+_MARKS = {True: "✓", False: "✗", None: "–"}
+_STEP_HEADER = ("parameter", "check", "max error", "‖g‖", "‖Δθ‖", "‖Δθ‖/‖θ‖")
+
+
+def nums(values: list[float]) -> list[str]:
+    """``[_num(v) for v in values]`` in one formatting call (−0 is ``"0"``, as in :func:`num`)."""
+    if not values:
+        return []
+    shown = [0.0 if v == 0 else float(v) for v in values]
+    return ("{:.6g}\0" * len(shown)).format(*shown).replace("-", MINUS).split("\0")[:-1]
 
 
 def ratio(value: float | None) -> str:

@@ -34,8 +34,7 @@ The definitions, each stated once:
   at some step did not reach its module's output (or, where outputs are not traced, the
   loss and gradients), such as the ``-inf`` causal mask of ``nn.Transformer``.
 
-Caching: :func:`series` keeps one :class:`Series` per ``Trace`` object (in a weak
-dictionary); each property is computed on first use.
+Caching: :func:`series` keeps one :class:`Series` per ``Trace`` object (in a weak dictionary); each is computed once.
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ class Series:
 
     @functools.cached_property
     def stats(self) -> pd.DataFrame:
-        """Every row's statistics (no values), all ranks, sorted by step, rank, training order."""
+        """Every row's statistics (no values), all ranks, by step, rank, training order (as files are read)."""
         stats = self.trace.stats
         missing = [c for c in _NEEDED if c not in stats.columns]
         if missing:
@@ -117,12 +116,14 @@ class Series:
         # few distinct values in many rows: categories make every filter below cheap (an Arrow
         # string column is copied by each boolean index; codes are not)
         stats = stats.astype({c: "category" for c in _CATEGORIES if c in stats.columns})
-        return stats.sort_values(["step", "rank", "seq"], kind="stable").reset_index(drop=True)
+        stats = stats if self.trace.path is not None else stats.sort_values(["step", "rank", "seq"], kind="stable")
+        return stats.reset_index(drop=True)
 
     @functools.cached_property
     def lead(self) -> pd.DataFrame:
         """:attr:`stats` of the lowest rank: what the per-step series are made of."""
-        return self.stats[self.stats["rank"] == self.stats["rank"].min()] if len(self.stats) else self.stats
+        one = self.stats["rank"].nunique(dropna=False) <= 1  # one rank (or none): every row, no copy
+        return self.stats if one else self.stats[self.stats["rank"] == self.stats["rank"].min()]
 
     @functools.cached_property
     def steps(self) -> list[int]:
@@ -302,7 +303,7 @@ def _losses_per_step(s: Series) -> pd.DataFrame:
     """The loss per (step, series): the module docstring says how losses are grouped."""
     lead = s.lead
     training = lead["grad_enabled"].astype("boolean").fillna(True).astype(bool)  # loss rows: null
-    loss = lead[(lead["kind"] == "loss") & training]
+    loss = lead.loc[((lead["kind"] == "loss") & training).to_numpy(), ["step", "mean"]]
     spans = _optimizer_spans(s)
     groups: dict[tuple[int, str | None], tuple[list[float], list[float]]] = {}
     for step, order, value in zip(loss["step"].tolist(), loss.index.tolist(), loss["mean"].tolist()):
@@ -325,7 +326,7 @@ def _optimizer_spans(s: Series) -> dict[int, list[tuple[int, int, str]]]:
     """Per step: ``(first row, last row, optimizer key)`` of each optimizer's ``step()``,
     in training order (row positions in :attr:`Series.stats`)."""
     lead = s.lead
-    rows = lead[lead["kind"].isin(OPTIMIZER_KINDS)]
+    rows = lead.loc[lead["kind"].isin(OPTIMIZER_KINDS).to_numpy(), ["step", "kind", "name"]]
     frame = pd.DataFrame({"step": rows["step"], "key": s.optimizer_keys(rows), "order": rows.index})
     spans = frame.groupby(["step", "key"], sort=False)["order"].agg(["min", "max"]).reset_index().sort_values("min")
     out: dict[int, list[tuple[int, int, str]]] = {}
@@ -371,6 +372,7 @@ def layer_of(name: str) -> str:
 
 _NORMED = ["grad", "param", "update"]
 _NORM_COLUMNS = ["step", "name", *_NORMED, "ratio", "grad_nonfinite", "numel", "ndim", "layer", "optimizer"]
+_TEXT_NORMS: dict[str, object] = {"name": object, "layer": object, "optimizer": object}
 
 
 def _parameter_norms(s: Series) -> pd.DataFrame:
@@ -379,9 +381,7 @@ def _parameter_norms(s: Series) -> pd.DataFrame:
     rows = lead[lead["kind"].isin(_NORMED) & (lead["call"] == 0)]
     rows = rows.drop_duplicates(["step", "kind", "name"])
     if rows.empty:
-        return pd.DataFrame(
-            {c: pd.Series(dtype=object if c in ("name", "layer", "optimizer") else "float64") for c in _NORM_COLUMNS}
-        )
+        return pd.DataFrame({c: pd.Series(dtype=_TEXT_NORMS.get(c, "float64")) for c in _NORM_COLUMNS})
     wide = rows.pivot(index=["step", "name"], columns="kind", values="norm")
     for kind in _NORMED:
         wide[kind] = wide[kind].astype("float64") if kind in wide.columns else np.nan

@@ -356,9 +356,9 @@ def _step_mask(steps: pd.Series, step: Any) -> Any:
 def _numeric_stats(stats: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
-    stats = stats.copy()
+    stats = stats.copy(deep=False)  # columns are replaced, never written into: no data is copied
     for column in ("mean", "std", "min", "max", "norm"):
-        if column in stats.columns:
+        if column in stats.columns and stats[column].dtype != "float64":
             stats[column] = pd.to_numeric(stats[column], errors="coerce").astype("float64")
     if "nonfinite" in stats.columns:
         stats["nonfinite"] = pd.to_numeric(stats["nonfinite"], errors="coerce").fillna(0).astype("int64")
