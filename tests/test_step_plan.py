@@ -110,6 +110,13 @@ def _new_state(model, opt, i):
         state["exp_avg"] = torch.full_like(state["exp_avg"], 0.25)  # a new tensor, not written in place
 
 
+def _replaced_param(model, opt, i):
+    if i == 3:  # a parameter of the same shape in the place of another, in the same group list
+        spare = nn.Parameter(model.a.bias.detach() + 1)
+        spare.grad = torch.full_like(spare, 0.5)
+        opt.param_groups[0]["params"][1] = spare
+
+
 def _new_group(model, opt, i):
     if i == 3:
         extra = nn.Parameter(torch.ones(2))
@@ -120,8 +127,20 @@ def _new_group(model, opt, i):
 
 @pytest.mark.parametrize(
     "change, afresh_at",
-    [(_drop_grad, [0, 1, 3, 4]), (_new_lr, [0, 1]), (_new_state, [0, 1, 3]), (_new_group, [0, 1, 3])],
-    ids=["a-gradient-goes", "lr-changes", "a-state-tensor-is-replaced", "a-param-group-is-added"],
+    [
+        (_drop_grad, [0, 1, 3, 4]),
+        (_new_lr, [0, 1]),
+        (_new_state, [0, 1, 3]),
+        (_new_group, [0, 1, 3]),
+        (_replaced_param, [0, 1, 3]),
+    ],
+    ids=[
+        "a-gradient-goes",
+        "lr-changes",
+        "a-state-tensor-is-replaced",
+        "a-param-group-is-added",
+        "a-parameter-is-replaced",
+    ],
 )
 def test_a_stale_plan_stages_the_step_afresh(tmp_path, monkeypatch, change, afresh_at):
     planned, afresh = _run(tmp_path / "p", monkeypatch, "planned", change)

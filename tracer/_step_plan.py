@@ -6,8 +6,8 @@ parameter and state tensor and build one row each, every step. Most loops step t
 parameters with the same state tensors (updated in place) every step, so the first staged
 step records what it found: the parameters it staged, the state tensors (by identity),
 which buffer each tensor went into, and the rows as a :class:`~tracer._row_template.Template`.
-A later step checks that nothing of it changed (the param groups, which parameters have a
-gradient, the state tensors being the same objects, the gradients being plain dense
+A later step checks that nothing of it changed (the param groups and their parameters,
+which parameters have a gradient, the state tensors being the same objects, the gradients being plain dense
 tensors) and then only gathers the new gradients and copies each buffer's tensors with one
 concatenation. Anything else (a new state tensor, a parameter without a gradient this
 time, a dispatch mode) makes the recorder stage the step afresh and record a new plan.
@@ -52,7 +52,7 @@ class PlannedKey:
 class StepPlan:
     """What one optimizer's staged ``step()`` found (see the module's docstring)."""
 
-    __slots__ = ("groups", "candidates", "mask", "staged_at", "staged", "alone", "states", "keys", "template")
+    __slots__ = ("groups", "params", "candidates", "mask", "staged_at", "staged", "alone", "states", "keys", "template")
 
     def __init__(
         self,
@@ -64,7 +64,8 @@ class StepPlan:
         keys: list[PlannedKey],
         template: Template,
     ) -> None:
-        self.groups = [(group["params"], len(group["params"])) for group in opt.param_groups]
+        self.groups = [len(group["params"]) for group in opt.param_groups]
+        self.params = [p for group in opt.param_groups for p in group["params"]]  # compared by identity
         self.candidates = candidates  # the selected parameters of every group, in order
         self.mask = [p.grad is not None for p in candidates]  # which of them the step updated
         self.staged_at = staged_at  # the staged ones' places among the candidates
@@ -78,11 +79,11 @@ class StepPlan:
         """The staged parameters' gradients now, or None when this plan does not describe
         ``opt``'s coming step."""
         groups = opt.param_groups
-        if len(groups) != len(self.groups):
+        if [len(group["params"]) for group in groups] != self.groups:
             return None
-        for group, (params, n) in zip(groups, self.groups):
-            if group["params"] is not params or len(params) != n:
-                return None
+        params = [p for group in groups for p in group["params"]]
+        if not all(map(is_, params, self.params)):
+            return None  # a parameter replaced in its group
         grads = [p.grad for p in self.candidates]
         if [g is not None for g in grads] != self.mask:
             return None
