@@ -11,6 +11,7 @@ Each opens the trace once and hands the ``Trace`` to :mod:`tracer.export`.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,12 +113,20 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _following(args: argparse.Namespace, export: Callable[[], Path]) -> Path | None:
-    """Run ``export``; with ``--follow``, say so first, and make Ctrl-C a clean stop (None)."""
+def _following(
+    args: argparse.Namespace, export: Callable[[], Path], prepare: Callable[[], object] | None = None
+) -> Path | None:
+    """Run ``export``; with ``--follow``, say so first, and make Ctrl-C a clean stop (None).
+
+    ``prepare`` (importing the exporter's library) runs before anything is said: a Ctrl-C
+    then never lands inside an import, where a half-imported library can keep the process
+    from exiting."""
     if not getattr(args, "follow", False):
         return export()
     from tracer._render import escape_text
 
+    if prepare is not None:
+        prepare()
     try:
         print(f"following {escape_text(args.path)} (Ctrl-C to stop) ...", flush=True)
         return export()
@@ -137,6 +146,7 @@ def cmd_export_tensorboard(args: argparse.Namespace) -> int:
     from tracer._render import escape_text
     from tracer._trace import Trace
     from tracer.export import to_tensorboard
+    from tracer.integrations import require
 
     source = args.path if args.follow else Trace.open(args.path)
     out = _following(
@@ -144,7 +154,9 @@ def cmd_export_tensorboard(args: argparse.Namespace) -> int:
         lambda: to_tensorboard(
             source, args.logdir, histograms=_histograms_arg(args), follow=args.follow, poll=args.poll
         ),
-    )
+        prepare=lambda: (require("tensorboard", "tensorboard", "tracer export tensorboard"),
+                         importlib.import_module("torch.utils.tensorboard")),
+    )  # fmt: skip
     if out is None:
         return 130
     shown = escape_text(str(out))
@@ -157,12 +169,13 @@ def cmd_export_wandb(args: argparse.Namespace) -> int:
     from tracer._render import escape_text
     from tracer._trace import Trace
     from tracer.export import to_wandb
+    from tracer.integrations import require
 
     source = args.path if args.follow else Trace.open(args.path)
     run_dir = _following(args, lambda: to_wandb(
         source, project=args.project, name=args.name, mode=args.mode, dir=args.dir,
         histograms=_histograms_arg(args), follow=args.follow, poll=args.poll,
-    ))  # fmt: skip
+    ), prepare=lambda: require("wandb", "wandb", "tracer export wandb"))  # fmt: skip
     if run_dir is None:
         return 130
     shown = escape_text(str(run_dir))
