@@ -74,8 +74,8 @@ class StagedSteps:
         self, kind: str, name: str, call: int, part: str, module_type: str | None, t: torch.Tensor,
         step: int | None, grad_enabled: bool | None, optimizer: str | None, group: int | None, hparams: str | None,
     ) -> bool:  # fmt: skip
-        """Stage the row of ``t`` when it is small (:func:`tracer._staging.stageable`,
-        inlined: this runs for every small tensor); False when it takes the per-tensor path."""
+        """Stage the row of ``t`` when it is small (:func:`tracer._staging.small_float`
+        and :func:`~tracer._staging.plain_mode`, inlined: this runs for every small tensor); False when it takes the per-tensor path."""
         dtype = FLOATS.get(t.dtype) if type(t) in _TYPES else None
         if dtype is None or t.layout is not _STRIDED or t.is_nested or t.is_meta:
             return False
@@ -196,13 +196,13 @@ class StagedSteps:
                                  small is None or n <= small, None, cls, gi, hp), "state", t, -1)  # fmt: skip
                         else:
                             self.emit("state", name, 0, part, mt, t, optimizer=cls, group=gi, hparams=hp, step=step)
+        planned = [PlannedKey(role, sources, tensors, Template(u) if u is not None else None)
+                   for role, tensors, sources, u in keys]  # fmt: skip
         flats = [staging.flatten(tensors) for _, tensors, _, _ in keys]
-        gids = [staging.adopt(flat, [t.numel() for t in tensors]) for flat, (_, tensors, _, _) in zip(flats, keys)]
+        gids = [staging.adopt(flat, key.numels) for flat, key in zip(flats, planned)]
         template = Template(rows)
         self.grad_rows += template.grads
         staging.block((template, at, [row[1] for row in rows], hps, gids))
-        planned = [PlannedKey(role, sources, tensors, Template(u) if u is not None else None)
-                   for role, tensors, sources, u in keys]  # fmt: skip
         if plannable and rows:
             self._plans[opt] = plan_of(opt, self.params, staged, alone, states, planned, template)
         return [StagedUpdates(key.tensors, flat, key.updates, hps)

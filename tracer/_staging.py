@@ -16,8 +16,7 @@ No host sync happens on the training thread: on an accelerator the host copy is 
 (a CUDA event) on the writer thread. The CPU takes exactly the same path but the transfer.
 
 >>> staging = Staging(sink, flush_seconds=1.0)        # doctest: +SKIP
->>> slot = staging.copy(output)                       # doctest: +SKIP
->>> staging.row(step, seq, "activation", "fc", 0, "", "Linear", output, slot)  # doctest: +SKIP
+>>> staging.put(head, output)   # head: the row's FIELDS but group and slot  # doctest: +SKIP
 >>> staging.seal()                                    # doctest: +SKIP
 """
 
@@ -59,15 +58,10 @@ _dispatch_modes = torch._C._len_torch_dispatch_stack
 _transforms_active = torch._C._are_functorch_transforms_active
 
 
-def stageable(t: Any) -> bool:
-    """Whether ``t`` takes the staged path: a plain strided tensor of a float dtype in
-    :data:`FLOATS` with at most :data:`SMALL` elements (not a subclass, nested or meta),
-    with no dispatch mode or functorch transform active (:func:`plain_mode`)."""
-    return small_float(t) and plain_mode()
-
-
 def small_float(t: Any) -> bool:
-    """:func:`stageable` but for the modes (checked once for many tensors)."""
+    """Whether ``t`` can be staged, but for the modes (:func:`plain_mode`, checked once for
+    many tensors): a plain strided tensor of a float dtype in :data:`FLOATS` with at most
+    :data:`SMALL` elements (not a subclass, nested or meta)."""
     return (
         type(t) in _TYPES
         and t.dtype in FLOATS
@@ -119,7 +113,7 @@ class Staging:
         self._copied: dict[int, torch.Tensor] = {}  # id -> the tensor (identity: an id is reused)
 
     def put(self, head: tuple[Any, ...], t: torch.Tensor) -> None:
-        """Stage the row of a :func:`stageable` ``t`` (``head``: its :data:`FIELDS` but group
+        """Stage the row of a small ``t`` (:func:`small_float`, in a :func:`plain_mode`) (``head``: its :data:`FIELDS` but group
         and slot), copying ``t`` once per version within a batch (a module's input is
         usually the previous module's output); seals the batch when it is old or large."""
         key = id(t)
@@ -143,8 +137,7 @@ class Staging:
             if not (self.rows or self.blocks):
                 self._since = _monotonic()
             self.rows.append((*head, *where))
-            if self._bytes >= self.max_bytes or _monotonic() - self._since >= self.max_age:
-                self.seal()
+            self._seal_if_due()
 
     def forget(self) -> None:
         """Copy every tensor again, even one unchanged since its copy (a new forward)."""
@@ -153,7 +146,7 @@ class Staging:
             self._copied.clear()
 
     def copy(self, t: torch.Tensor) -> tuple[int, int]:
-        """Copy a :func:`stageable` ``t`` now (it may change in place later): its ``(group,
+        """Copy a small ``t`` (:func:`small_float`, in a :func:`plain_mode`) now (it may change in place later): its ``(group,
         slot)``. A clone, flattened with the other clones of its dtype and device into one
         buffer once they reach :data:`CHUNK` elements or :data:`CLONES` tensors (and at the
         seal): a clone costs a quarter of a copy into a slice of a buffer, and no more than
@@ -182,12 +175,6 @@ class Staging:
         self._bytes += clone.nbytes
         return gid, len(numels) - 1
 
-    def flat(self, tensors: Sequence[torch.Tensor]) -> tuple[int, torch.Tensor]:
-        """Copy ``tensors`` (one dtype and device) into one new flat buffer: its group (slot i
-        is ``tensors[i]``) and the buffer."""
-        flat = self.flatten(tensors)
-        return self.adopt(flat, [t.numel() for t in tensors]), flat
-
     @staticmethod
     def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """``tensors`` (one dtype and device) concatenated, flat, in one new buffer (a copy,
@@ -214,14 +201,6 @@ class Staging:
             self.rows.append(fields)
             self._seal_if_due()
 
-    def extend(self, rows: list[tuple[Any, ...]]) -> None:
-        """Stage many rows (see :meth:`row`)."""
-        with self._lock:
-            if rows and not (self.rows or self.blocks):
-                self._since = time.monotonic()
-            self.rows.extend(rows)
-            self._seal_if_due()
-
     def block(self, block: Block) -> None:
         """Stage a :data:`~tracer._row_template.Block` of rows (see :meth:`row`)."""
         if not block[0].n:
@@ -233,7 +212,7 @@ class Staging:
             self._seal_if_due()
 
     def _seal_if_due(self) -> None:
-        if self._bytes >= self.max_bytes or time.monotonic() - self._since >= self.max_age:
+        if self._bytes >= self.max_bytes or _monotonic() - self._since >= self.max_age:
             self.seal()
 
     def seal(self) -> None:
